@@ -1,0 +1,262 @@
+"""One LightningDataModule serving every dataset through the same augmentation pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from eroseg_at.data.class_frequencies import cached_class_frequencies
+from eroseg_at.data.errors import DatasetError
+from eroseg_at.data.source import SegmentationSource, to_tensors
+from eroseg_at.data.transforms import AugmentConfig, build_train_transform, build_val_transform
+
+SourceSpec = SegmentationSource | Callable[[], SegmentationSource]
+
+
+class AugmentedDataset(Dataset):
+    """Applies an albumentations pipeline to a source and returns tensors.
+
+    Shape:
+        - ``dataset[i]``: image ``[3, H, W]`` float32 in [0, 1], mask ``[H, W]`` int64.
+    """
+
+    def __init__(self, source: SegmentationSource, transform: A.Compose) -> None:
+        self.source = source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.source.load(index)
+        augmented = self.transform(image=image, mask=mask)
+        return to_tensors(augmented["image"], augmented["mask"])
+
+
+def reseed_worker_transform(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker its own augmentation stream.
+
+    ``A.Compose(seed=...)`` is copied into every worker, which would otherwise all draw the
+    same augmentations; the worker's torch seed differs per worker and per epoch and is
+    derived from the global seed, so runs stay reproducible.
+    """
+    dataset = get_worker_info().dataset
+    dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+def pad_collate(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]], ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples of different sizes, padding bottom/right with image 0 and mask ``ignore_index``.
+
+    Every sample is already padded to a multiple of ``pad_divisor``, so the batch size
+    (the largest H and W) is too.
+
+    Shape:
+        - returns: images ``[B, 3, H_max, W_max]``, masks ``[B, H_max, W_max]``.
+    """
+    height = max(image.shape[-2] for image, _ in batch)
+    width = max(image.shape[-1] for image, _ in batch)
+    images, masks = [], []
+    for image, mask in batch:
+        pad = (0, width - image.shape[-1], 0, height - image.shape[-2])
+        images.append(F.pad(image, pad, value=0.0))
+        masks.append(F.pad(mask, pad, value=ignore_index))
+    return torch.stack(images), torch.stack(masks)
+
+
+class _PadCollate:
+    """Picklable ``pad_collate`` bound to an ignore index (for spawned workers)."""
+
+    def __init__(self, ignore_index: int) -> None:
+        self.ignore_index = ignore_index
+
+    def __call__(
+        self, batch: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_collate(batch, self.ignore_index)
+
+
+def bit_palette(num_classes: int) -> list[list[int]]:
+    """The Pascal VOC colour map (bit-interleaved RGB), usable for any number of classes."""
+    palette = []
+    for index in range(num_classes):
+        red = green = blue = 0
+        value = index
+        for shift in range(7, -1, -1):
+            red |= ((value >> 0) & 1) << shift
+            green |= ((value >> 1) & 1) << shift
+            blue |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette.append([red, green, blue])
+    return palette
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Train/val loaders for any :class:`SegmentationSource`, with the standard augmentation.
+
+    Training batches are random crops of ``crop_size`` (``drop_last=True``: SMP's ASPP
+    BatchNorm fails on a batch of one); validation batches are whole images, optionally
+    resized, padded bottom/right to a multiple of ``pad_divisor`` (image 0, mask
+    ``ignore_index``) and, when sizes differ within a batch, padded further to the largest.
+
+    Args:
+        name: dataset name (used for messages and the class-frequency cache).
+        num_classes: number of classes; must match the source.
+        train_source: the training split, or a zero-argument factory returning it
+            (Hydra ``_partial_: true``) so that files are listed only in :meth:`setup`.
+        val_source: the validation split, likewise.
+        class_names: one name per class (``None``: ``class_0``, ``class_1``, ...).
+        root: dataset root (only recorded; the sources receive it through the config).
+        ignore_index: label ignored everywhere (padding, boundaries, unlabelled pixels).
+        background_class: class index treated as background by EroSeg, or ``None``.
+        crop_size: ``[h, w]`` of training crops.
+        pad_divisor: validation H and W are padded to a multiple of this.
+        batch_size: training batch size.
+        val_batch_size: validation batch size.
+        num_workers: DataLoader worker processes (``persistent_workers`` when positive).
+        augment: :class:`AugmentConfig` fields.
+        palette: ``[[r, g, b], ...]`` per class, or ``None`` for the VOC bit palette.
+        seed: seed of the augmentation pipeline.
+        stats_cache_dir: directory of the class-frequency cache (``None``: user cache dir).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        num_classes: int,
+        train_source: SourceSpec,
+        val_source: SourceSpec,
+        class_names: Sequence[str] | None = None,
+        root: str | None = None,
+        ignore_index: int = 255,
+        background_class: int | None = None,
+        crop_size: Sequence[int] = (128, 128),
+        pad_divisor: int = 32,
+        batch_size: int = 8,
+        val_batch_size: int = 8,
+        num_workers: int = 0,
+        augment: Mapping | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
+        seed: int = 0,
+        stats_cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if class_names is None:
+            class_names = [f"class_{index}" for index in range(num_classes)]
+        class_names = [str(class_name) for class_name in class_names]
+        if len(class_names) != num_classes:
+            raise DatasetError(
+                f"dataset {name}: class_names has {len(class_names)} entries but num_classes={num_classes}"
+            )
+        if 0 <= ignore_index < num_classes:
+            raise DatasetError(
+                f"dataset {name}: ignore_index={ignore_index} is a valid class index (num_classes={num_classes})"
+            )
+        if background_class is not None and not 0 <= background_class < num_classes:
+            raise DatasetError(
+                f"dataset {name}: background_class={background_class}: expected null or a class in [0, {num_classes})"
+            )
+        if len(crop_size) != 2 or min(crop_size) < 1:
+            raise DatasetError(f"dataset {name}: crop_size={list(crop_size)}: expected [height, width]")
+        for key, value in (
+            ("pad_divisor", pad_divisor),
+            ("batch_size", batch_size),
+            ("val_batch_size", val_batch_size),
+        ):
+            if value < 1:
+                raise DatasetError(f"dataset {name}: {key}={value}: expected a positive integer")
+        palette = bit_palette(num_classes) if palette is None else [list(colour) for colour in palette]
+        if len(palette) != num_classes:
+            raise DatasetError(
+                f"dataset {name}: palette has {len(palette)} colours but num_classes={num_classes}"
+            )
+        self.name = name
+        self.num_classes = int(num_classes)
+        self.class_names = class_names
+        self.root = root
+        self.ignore_index = int(ignore_index)
+        self.background_class = background_class
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.pad_divisor = int(pad_divisor)
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size)
+        self.num_workers = int(num_workers)
+        self.augment = AugmentConfig(**dict(augment or {}))
+        self.palette = palette
+        self.seed = int(seed)
+        self.stats_cache_dir = stats_cache_dir
+        self._source_specs = {"train": train_source, "val": val_source}
+        self._sources: dict[str, SegmentationSource] = {}
+        self.train_set: AugmentedDataset | None = None
+        self.val_set: AugmentedDataset | None = None
+
+    def source(self, split: str) -> SegmentationSource:
+        """The un-augmented ``"train"`` or ``"val"`` split, built (and checked) on first use."""
+        if split not in self._sources:
+            spec = self._source_specs[split]
+            source = spec if isinstance(spec, SegmentationSource) else spec()
+            if source.num_classes != self.num_classes:
+                raise DatasetError(
+                    f"dataset {self.name}: num_classes={self.num_classes} but its {split} split "
+                    f"has {source.num_classes} classes"
+                )
+            if len(source) == 0:
+                raise DatasetError(f"dataset {self.name}: the {split} split is empty")
+            self._sources[split] = source
+        return self._sources[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            train_source = self.source("train")
+            if len(train_source) < self.batch_size:
+                raise DatasetError(
+                    f"dataset {self.name}: {len(train_source)} training samples < batch_size={self.batch_size} "
+                    "(training drops the last incomplete batch, so no batch would remain)"
+                )
+            transform = build_train_transform(self.crop_size, self.augment, self.ignore_index, self.seed)
+            self.train_set = AugmentedDataset(train_source, transform)
+        if self.val_set is None:
+            transform = build_val_transform(self.augment, self.pad_divisor, self.ignore_index)
+            self.val_set = AugmentedDataset(self.source("val"), transform)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=reseed_worker_transform if self.num_workers > 0 else None,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_set,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=_PadCollate(self.ignore_index),
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def class_frequencies(self) -> torch.Tensor:
+        """Pixel frequency of each class over the training split (ignore excluded), cached.
+
+        Shape:
+            - returns: ``[C]`` float64 summing to 1.
+        """
+        counts = cached_class_frequencies(
+            self.name, self.source("train"), self.stats_cache_dir, self.num_workers
+        )
+        return torch.from_numpy(np.asarray(counts, dtype=np.float64))

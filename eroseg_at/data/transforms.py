@@ -1,0 +1,113 @@
+"""The standard segmentation augmentation pipelines, built with albumentations 2.x."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+
+from eroseg_at.data.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Per-dataset augmentation settings (the ``dataset.augment`` config node).
+
+    Attributes:
+        scale_range: ``[min, max]`` random rescale factor applied before cropping.
+        hflip: whether to flip horizontally with probability 0.5.
+        brightness, contrast, saturation, hue: photometric jitter strengths
+            (``ColorJitter`` conventions; 0 disables each).
+        jitter_p: probability of applying the photometric jitter.
+        val_resize: ``[h, w]`` to resize validation images to, or ``None`` to evaluate
+            at full resolution.
+    """
+
+    scale_range: Sequence[float] = (0.5, 2.0)
+    hflip: bool = True
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.25
+    hue: float = 0.05
+    jitter_p: float = 0.8
+    val_resize: Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise DatasetError(
+                f"dataset.augment.scale_range={list(self.scale_range)}: expected 0 < min <= max"
+            )
+        if self.val_resize is not None and (len(self.val_resize) != 2 or min(self.val_resize) < 1):
+            raise DatasetError(
+                f"dataset.augment.val_resize={self.val_resize}: expected null or [height, width]"
+            )
+
+
+def build_train_transform(
+    crop_size: Sequence[int], augment: AugmentConfig, ignore_index: int, seed: int | None
+) -> A.Compose:
+    """Random scale, crop (padded with image 0 / mask ``ignore_index``), flip, photometric jitter.
+
+    Args:
+        crop_size: ``[h, w]`` of the training crop.
+        augment: augmentation settings.
+        ignore_index: mask value written into padding, so padding never counts as a class.
+        seed: pipeline seed (re-seeded per DataLoader worker by the datamodule).
+    """
+    crop_height, crop_width = crop_size
+    low, high = augment.scale_range
+    steps: list[A.BasicTransform] = []
+    if (low, high) != (1.0, 1.0):
+        steps.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0))
+    steps += [
+        A.PadIfNeeded(
+            min_height=crop_height,
+            min_width=crop_width,
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=ignore_index,
+        ),
+        A.RandomCrop(height=crop_height, width=crop_width),
+    ]
+    if augment.hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    jitter = (augment.brightness, augment.contrast, augment.saturation, augment.hue)
+    if any(jitter) and augment.jitter_p > 0:
+        steps.append(
+            A.ColorJitter(
+                brightness=augment.brightness,
+                contrast=augment.contrast,
+                saturation=augment.saturation,
+                hue=augment.hue,
+                p=augment.jitter_p,
+            )
+        )
+    return A.Compose(steps, seed=seed)
+
+
+def build_val_transform(augment: AugmentConfig, pad_divisor: int, ignore_index: int) -> A.Compose:
+    """Optional resize, then pad bottom/right so H and W divide ``pad_divisor``.
+
+    Padding goes to the bottom and right (image 0, mask ``ignore_index``) so predictions
+    cropped to the original size line up with the unpadded image.
+    """
+    steps: list[A.BasicTransform] = []
+    if augment.val_resize is not None:
+        height, width = augment.val_resize
+        steps.append(A.Resize(height=height, width=width))
+    steps.append(
+        A.PadIfNeeded(
+            min_height=None,
+            min_width=None,
+            pad_height_divisor=pad_divisor,
+            pad_width_divisor=pad_divisor,
+            position="top_left",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=ignore_index,
+        )
+    )
+    return A.Compose(steps)
