@@ -1,0 +1,28 @@
+"""Adversarial attacks on semantic segmentation models; depends on torch only.
+
+``attack = build_attack(name, **kwargs)`` then ``x_adv = attack(model, images, labels)``.
+"""
+
+from eroseg_at.attacks.apgd import APGD
+from eroseg_at.attacks.base import Attack, IterativeAttack
+from eroseg_at.attacks.cospgd import CosPGD
+from eroseg_at.attacks.cw import CW
+from eroseg_at.attacks.eroseg import EroSeg
+from eroseg_at.attacks.pgd import PGD
+from eroseg_at.attacks.registry import available_attacks, build_attack
+from eroseg_at.attacks.rppgd import RPPGD
+from eroseg_at.attacks.segpgd import SegPGD
+
+__all__ = [
+    "APGD",
+    "CW",
+    "PGD",
+    "RPPGD",
+    "Attack",
+    "CosPGD",
+    "EroSeg",
+    "IterativeAttack",
+    "SegPGD",
+    "available_attacks",
+    "build_attack",
+]

@@ -1,0 +1,384 @@
+"""The shared machinery of every attack: argument parsing, the model-call contract and the PGD loop.
+
+An attack is built once from its hyper-parameters and called as ``attack(model, images, labels)``; it holds no
+model and no device, so one object serves a model that moves between devices or is wrapped by DDP.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from eroseg_at.attacks.objectives import correct_pixels
+
+NORMS = ("linf", "l2")
+
+_FRACTION = re.compile(r"^\s*([^/\s]+)\s*(?:/\s*([^/\s]+)\s*)?$")
+
+
+def parse_number(value: float | int | str, name: str) -> float:
+    """Reads a float given as a number or as a string such as ``"8/255"`` or ``"0.03"``.
+
+    Hydra's override grammar does no arithmetic, so ``attack.eps=8/255`` arrives as a string; it is parsed
+    here without ``eval``.
+
+    Args:
+        value: A number, or a string holding a number or a fraction ``"a/b"``.
+        name: The parameter name, used in the error message.
+
+    Returns:
+        The value as a finite float.
+
+    Raises:
+        ValueError: If the value is not a finite number or a fraction of two numbers.
+    """
+    if isinstance(value, bool):
+        raise ValueError(
+            f"{name} must be a number or a fraction string such as '8/255', got the bool {value!r}"
+        )
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        match = _FRACTION.match(value)
+        try:
+            if match is None:
+                raise ValueError
+            numerator = float(match.group(1))
+            denominator = float(match.group(2)) if match.group(2) is not None else 1.0
+            number = numerator / denominator
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(
+                f"{name} must be a number or a fraction string such as '8/255', got {value!r}"
+            ) from None
+    else:
+        raise ValueError(
+            f"{name} must be a number or a fraction string such as '8/255', got {type(value).__name__} {value!r}"
+        )
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+    """Returns ``value`` if it is an integer >= ``minimum``, else raises a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_unit_interval(value: float | int | str, name: str) -> float:
+    """Parses ``value`` with :func:`parse_number` and checks that it lies in [0, 1]."""
+    number = parse_number(value, name)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return number
+
+
+def check_optional_class(value: Any, name: str) -> int | None:
+    """Returns ``value`` if it is None or a class index >= 0, else raises a ValueError naming ``name``."""
+    if value is None:
+        return None
+    return check_int(value, name, 0)
+
+
+@contextmanager
+def eval_mode(model: Callable[[Tensor], Any]) -> Iterator[None]:
+    """Puts every module of ``model`` in eval mode and restores each module's own flag afterwards.
+
+    Lightning restores per-module modes after validation and never calls ``.train()`` before a training
+    step, so a blanket ``model.train()`` afterwards would wrongly switch on modules the user froze.
+    A plain callable that is not an ``nn.Module`` is left alone.
+    """
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class Attack:
+    """Base class: argument checks, the model-call contract, random start and projection.
+
+    Subclasses implement :meth:`_perturb`. :meth:`__call__` puts the model in eval mode (restoring each
+    module's own mode afterwards), re-enables gradients on a fresh float32 copy of the input so the attack
+    works inside ``torch.inference_mode()`` and ``torch.no_grad()``, and casts the result back.
+
+    Args:
+        eps: Radius of the perturbation ball in pixel units of [0, 1] images; a number or a string such as
+            ``"8/255"`` (the default). In [0, 1] for ``linf``; >= 0 for ``l2``.
+        steps: Number of gradient evaluations (forward + input-gradient backward passes), default 10.
+        norm: ``"linf"`` (default) or ``"l2"``.
+        random_start: Start from a uniform random point of the ball instead of the clean image, default True.
+        ignore_index: Label value of pixels that never contribute to the objective, default 255.
+        targeted: Steer the prediction towards ``labels`` (the target map) instead of away from it, default
+            False; only attacks whose class attribute ``supports_targeted`` is true accept it.
+        seed: Seed of the random start (a ``torch.Generator`` on the images' device); None (default) uses the
+            global generator.
+    """
+
+    name: str = ""
+    supports_targeted: bool = False
+    uses_features: bool = False
+
+    def __init__(
+        self,
+        eps: float | str = "8/255",
+        steps: int = 10,
+        norm: str = "linf",
+        random_start: bool = True,
+        ignore_index: int = 255,
+        targeted: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.norm = norm
+        self.eps = check_unit_interval(eps, "eps") if norm == "linf" else parse_number(eps, "eps")
+        if self.eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps!r}")
+        self.steps = check_int(steps, "steps", 1)
+        if not isinstance(random_start, bool):
+            raise ValueError(f"random_start must be a bool, got {random_start!r}")
+        self.random_start = random_start
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise ValueError(f"ignore_index must be an integer, got {ignore_index!r}")
+        self.ignore_index = ignore_index
+        if not isinstance(targeted, bool):
+            raise ValueError(f"targeted must be a bool, got {targeted!r}")
+        if targeted and not self.supports_targeted:
+            raise ValueError(f"attack {self.name!r} has no targeted form; targeted must be False")
+        self.targeted = targeted
+        self.seed = None if seed is None else check_int(seed, "seed", 0)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+    def __call__(self, model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor) -> Tensor:
+        """Returns adversarial images for ``model``.
+
+        Args:
+            model: Maps [0, 1] images to logits; any ``nn.Module`` or callable. Attacks with
+                ``uses_features`` call ``model.logits_and_features`` instead.
+            images: Clean images in [0, 1].
+            labels: Ground-truth label map (the target map when ``targeted``), ``ignore_index`` allowed.
+
+        Returns:
+            Adversarial images inside the eps-ball around ``images`` and inside [0, 1].
+
+        Shape:
+            images: [B, 3, H, W] float; labels: [B, H, W] integer; output: like ``images`` (same dtype and
+            device).
+        """
+        self._check_inputs(images, labels)
+        with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+            # A fresh copy made outside inference mode is a normal tensor that can require grad even when the
+            # caller passed inference tensors (Lightning's validation loop); float32 keeps eps-sized steps exact.
+            clean = images.detach().to(torch.float32, copy=True)
+            labels = labels.detach().to(torch.int64, copy=True)
+            valid = labels != self.ignore_index
+            adversarial = self._perturb(model, clean, labels, valid, images.dtype)
+        return adversarial.to(images.dtype)
+
+    def _check_inputs(self, images: Tensor, labels: Tensor) -> None:
+        if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+            raise ValueError(
+                f"images must be a float tensor [B, C, H, W], got "
+                f"{type(images).__name__} {getattr(images, 'dtype', '')} {tuple(getattr(images, 'shape', ()))}"
+            )
+        if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.is_complex():
+            raise ValueError(
+                f"labels must be an integer tensor [B, H, W], got {getattr(labels, 'dtype', labels)}"
+            )
+        expected = (images.shape[0], *images.shape[2:])
+        if tuple(labels.shape) != expected:
+            raise ValueError(f"labels must have shape {expected} to match images, got {tuple(labels.shape)}")
+        if labels.device != images.device:
+            raise ValueError(f"labels are on {labels.device} but images on {images.device}")
+        low, high = torch.aminmax(images.detach())
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"images must lie in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}]"
+            )
+
+    def _perturb(
+        self, model: Callable, clean: Tensor, labels: Tensor, valid: Tensor, model_dtype: torch.dtype
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def _forward(self, model: Callable, x: Tensor, model_dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """Runs the model; returns float32 logits and, for ``uses_features`` attacks, the decoder features."""
+        x_model = x if model_dtype == torch.float32 else x.to(model_dtype)
+        if not self.uses_features:
+            return model(x_model).float(), None
+        logits_and_features = getattr(model, "logits_and_features", None)
+        if logits_and_features is None:
+            raise TypeError(
+                f"attack {self.name!r} needs decoder features: the model must have a method "
+                f"logits_and_features(x) -> (logits [B,C,H,W], features [B,D,h,w]); "
+                f"{type(model).__name__} has none (pass the unwrapped SegmentationModel, not a DDP wrapper)"
+            )
+        logits, features = logits_and_features(x_model)
+        return logits.float(), features.float()
+
+    def _start(self, clean: Tensor) -> Tensor:
+        """The first iterate: the clean image, or a uniform random point of the ball clipped to [0, 1]."""
+        if not self.random_start:
+            return clean.clone()
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator(device=clean.device).manual_seed(self.seed)
+        if self.norm == "linf":
+            delta = torch.rand(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+            delta.mul_(2).sub_(1).mul_(self.eps)
+        else:
+            # A Gaussian direction is uniform on the sphere; the radius is uniform in [0, eps].
+            direction = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+            radius = torch.rand(
+                (clean.shape[0], 1, 1, 1), generator=generator, device=clean.device, dtype=clean.dtype
+            ).mul_(self.eps)
+            delta = direction.mul_(radius / _per_image_norm(direction))
+        return (clean + delta).clamp_(0, 1)
+
+    def _project(self, x: Tensor, clean: Tensor, bounds: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Projects ``x`` in place onto the eps-ball around ``clean`` intersected with [0, 1].
+
+        ``bounds`` are the precomputed ℓ∞ box ``(max(clean - eps, 0), min(clean + eps, 1))``; None for ℓ2.
+        """
+        if bounds is not None:
+            return x.clamp_(bounds[0], bounds[1])
+        delta = x.sub_(clean)
+        delta.mul_((self.eps / _per_image_norm(delta)).clamp_(max=1.0))
+        return delta.add_(clean).clamp_(0, 1)
+
+    def _direction(self, gradient: Tensor) -> Tensor:
+        """The steepest-ascent direction of unit norm: ``sign(g)`` (ℓ∞) or ``g/‖g‖₂`` per image (ℓ2).
+
+        Overwrites and returns ``gradient``.
+        """
+        if self.norm == "linf":
+            return gradient.sign_()
+        return gradient.div_(_per_image_norm(gradient))
+
+    def _linf_bounds(self, clean: Tensor) -> tuple[Tensor, Tensor] | None:
+        if self.norm != "linf":
+            return None
+        return (clean - self.eps).clamp_(min=0), (clean + self.eps).clamp_(max=1)
+
+    def _pixel_error(self, logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+        """Per image, the fraction of valid pixels the attack has not yet won (lower is a stronger attack).
+
+        Untargeted: pixels still predicted as their label; targeted: pixels not yet predicted as their target.
+
+        Shape:
+            logits: [B, C, H, W]; labels, valid: [B, H, W]; output: [B] float.
+        """
+        hit = correct_pixels(logits, labels, valid)
+        remaining = (valid & ~hit) if self.targeted else hit
+        return remaining.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
+
+
+def _per_image_norm(x: Tensor) -> Tensor:
+    """ℓ2 norm of each image, shaped [B, 1, 1, 1] and clamped away from 0 so dividing by it is safe."""
+    return x.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+
+
+class BestIterate:
+    """Keeps, per image, the iterate with the lowest pixel error seen so far (ties keep the earlier one).
+
+    Shape:
+        x: [B, ...]; error: [B].
+    """
+
+    def __init__(self, x: Tensor, error: Tensor) -> None:
+        self.x = x.detach().clone()
+        self.error = error.clone()
+
+    def update(self, x: Tensor, error: Tensor) -> None:
+        improved = error < self.error
+        self.error = torch.where(improved, error, self.error)
+        self.x = torch.where(improved.view(-1, *([1] * (x.dim() - 1))), x.detach(), self.x)
+
+
+class IterativeAttack(Attack):
+    """PGD over a per-pixel objective: ``x ← Π(x + alpha · sign(∇L))`` (ℓ∞) or ``alpha · ∇L/‖∇L‖₂`` (ℓ2).
+
+    Subclasses implement :meth:`objective` (and :meth:`_init_state` when they keep state across
+    iterations). The loop does ``steps`` forward + input-gradient backward passes and no host
+    synchronisation; with ``track_best`` it keeps, per image, the iterate with the fewest correct pixels,
+    at the cost of one extra gradient-free forward pass on the last iterate.
+
+    Args:
+        alpha: Step size in pixel units (ℓ∞) or ℓ2 length (ℓ2); a number or a string such as ``"2/255"``;
+            default 0.01.
+        track_best: Return each image's best iterate instead of the last one, default False.
+        **kwargs: The common arguments of :class:`Attack`.
+    """
+
+    def __init__(self, alpha: float | str = 0.01, track_best: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.alpha = parse_number(alpha, "alpha")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        if not isinstance(track_best, bool):
+            raise ValueError(f"track_best must be a bool, got {track_best!r}")
+        self.track_best = track_best
+
+    def objective(
+        self, logits: Tensor, features: Tensor | None, labels: Tensor, valid: Tensor, step: int, state: dict
+    ) -> Tensor:
+        """Per-image loss to ascend at iteration ``step`` (0-based).
+
+        Shape:
+            logits: [B, C, H, W] float32; features: [B, D, h, w] or None; labels, valid: [B, H, W];
+            output: [B].
+        """
+        raise NotImplementedError
+
+    def _init_state(
+        self, model: Callable, clean: Tensor, labels: Tensor, valid: Tensor, model_dtype: torch.dtype
+    ) -> dict:
+        """Per-call state shared by the iterations of :meth:`objective`; none by default."""
+        return {}
+
+    def _perturb(
+        self, model: Callable, clean: Tensor, labels: Tensor, valid: Tensor, model_dtype: torch.dtype
+    ) -> Tensor:
+        state = self._init_state(model, clean, labels, valid, model_dtype)
+        bounds = self._linf_bounds(clean)
+        x = self._start(clean)
+        best = None
+        for step in range(self.steps):
+            x.requires_grad_(True)
+            logits, features = self._forward(model, x, model_dtype)
+            # Softmax and losses in float32 even under autocast: low-precision probabilities saturate.
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                loss = self.objective(logits, features, labels, valid, step, state)
+            (gradient,) = torch.autograd.grad(loss.sum(), x)
+            with torch.no_grad():
+                x = x.detach()
+                if self.track_best:
+                    error = self._pixel_error(logits, labels, valid)
+                    if best is None:
+                        best = BestIterate(x, error)
+                    else:
+                        best.update(x, error)
+                x.add_(self._direction(gradient), alpha=self.alpha)
+                self._project(x, clean, bounds)
+        if best is None:
+            return x
+        with torch.no_grad():
+            logits, _ = self._forward(model, x, model_dtype)
+            best.update(x, self._pixel_error(logits, labels, valid))
+        return best.x

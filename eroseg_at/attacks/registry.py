@@ -1,0 +1,32 @@
+"""Attacks by name: ``build_attack("eroseg", eps="8/255")`` and ``available_attacks()``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eroseg_at.attacks.apgd import APGD
+from eroseg_at.attacks.base import Attack
+from eroseg_at.attacks.cospgd import CosPGD
+from eroseg_at.attacks.cw import CW
+from eroseg_at.attacks.eroseg import EroSeg
+from eroseg_at.attacks.pgd import PGD
+from eroseg_at.attacks.rppgd import RPPGD
+from eroseg_at.attacks.segpgd import SegPGD
+
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (PGD, SegPGD, CosPGD, RPPGD, CW, EroSeg, APGD)}
+
+
+def available_attacks() -> list[str]:
+    """The registered attack names, sorted."""
+    return sorted(ATTACKS)
+
+
+def build_attack(name: str, **kwargs: Any) -> Attack:
+    """Builds the attack registered as ``name`` with its keyword arguments.
+
+    Raises:
+        ValueError: If ``name`` is not registered; the message lists the valid names.
+    """
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; available attacks: {', '.join(available_attacks())}")
+    return ATTACKS[name](**kwargs)

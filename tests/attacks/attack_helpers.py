@@ -1,0 +1,68 @@
+"""Helpers of the attack tests: a tiny segmentation model with BatchNorm (so eval mode matters) and decoder\nfeatures, a random batch, and every attack configuration the contract suite runs over."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from eroseg_at.attacks import Attack, available_attacks, build_attack
+
+NUM_CLASSES = 4
+
+
+class TinySegmenter(nn.Module):
+    """conv → BatchNorm → ReLU (the "decoder features") → 1×1 head; ``kernel_size=1`` makes it per-pixel.
+
+    Records, for every forward pass, whether any module was in training mode.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, kernel_size: int = 3, width: int = 8) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, kernel_size, padding=kernel_size // 2), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        self.head = nn.Conv2d(width, num_classes, 1)
+        self.modes_seen: list[bool] = []
+
+    def logits_and_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.modes_seen.append(any(module.training for module in self.modules()))
+        features = self.body(x)
+        return self.head(features), features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.logits_and_features(x)[0]
+
+
+def make_model(kernel_size: int = 3, seed: int = 0) -> TinySegmenter:
+    torch.manual_seed(seed)
+    model = TinySegmenter(kernel_size=kernel_size)
+    with torch.no_grad():
+        # Non-trivial BatchNorm statistics, so train-mode and eval-mode outputs differ.
+        model.body[1].running_mean.uniform_(-0.5, 0.5)
+        model.body[1].running_var.uniform_(0.5, 2.0)
+        # No head bias and steeper filters: predictions follow the image, so small perturbations flip pixels.
+        model.head.bias.zero_()
+        model.body[0].weight.mul_(4)
+    return model.eval()
+
+
+def make_batch(batch_size: int = 2, size: int = 12, seed: int = 0) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch_size, 3, size, size, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size, size, size), generator=generator)
+    labels[:, :2] = 255
+    return images, labels
+
+
+# Every registered attack, and APGD once per loss: no attack or objective can skip the contract suite.
+ATTACK_CONFIGS = [(name, {}) for name in available_attacks()] + [
+    ("apgd", {"loss": "mce"}),
+    ("apgd", {"loss": "mce_balanced", "class_weights": [0.5, 1.0, 2.0, 4.0]}),
+    ("apgd", {"loss": "js"}),
+]
+
+
+def build(config: tuple[str, dict], **kwargs) -> Attack:
+    name, config_kwargs = config
+    return build_attack(name, **config_kwargs, **kwargs)
