@@ -1,0 +1,204 @@
+"""Each objective's pieces on hand-built tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eroseg_at.attacks import RPPGD, SegPGD
+from eroseg_at.attacks.apgd import APGD_LOSSES, apgd_checkpoint_lengths
+from eroseg_at.attacks.cospgd import cospgd_weights
+from eroseg_at.attacks.eroseg import eroseg_class_weights, eroseg_sensitive_set, eroseg_threshold
+from eroseg_at.attacks.objectives import js_divergence, margin, pixel_cross_entropy, valid_mean
+from eroseg_at.attacks.rppgd import prototype_similarity, rppgd_region_weights, rppgd_regions
+from eroseg_at.attacks.segpgd import segpgd_lambda
+
+
+def logits_from_probabilities(probabilities: list[list[float]]) -> torch.Tensor:
+    """Logits [1, C, 1, W] whose softmax at pixel w is ``probabilities[w]``."""
+    return torch.tensor(probabilities).log().T.reshape(1, len(probabilities[0]), 1, len(probabilities))
+
+
+def row(values: list[int]) -> torch.Tensor:
+    return torch.tensor([[values]])
+
+
+def test_valid_mean_averages_over_valid_pixels_and_gives_zero_without_any():
+    loss = torch.tensor([[[1.0, 3.0, 100.0]], [[5.0, 5.0, 5.0]]], requires_grad=True)
+    valid = torch.tensor([[[True, True, False]], [[False, False, False]]])
+    mean = valid_mean(loss, valid)
+    assert mean.tolist() == [2.0, 0.0]
+    (gradient,) = torch.autograd.grad(mean.sum(), loss)
+    assert gradient.tolist() == [[[0.5, 0.5, 0.0]], [[0.0, 0.0, 0.0]]]
+
+
+def test_pixel_cross_entropy_is_zero_on_ignored_pixels():
+    logits = logits_from_probabilities([[0.5, 0.5], [0.25, 0.75]])
+    labels = row([0, 255])
+    ce = pixel_cross_entropy(logits, labels, labels != 255)
+    assert ce[0, 0].tolist() == pytest.approx([math.log(2), 0.0])
+
+
+def test_segpgd_lambda_grows_from_zero_to_just_below_half():
+    assert [segpgd_lambda(step, 4) for step in range(4)] == [0.0, 0.125, 0.25, 0.375]
+
+
+def test_segpgd_objective_weighs_correct_and_wrong_pixels():
+    logits = logits_from_probabilities([[0.8, 0.2], [0.6, 0.4], [0.5, 0.5]])
+    labels = row([0, 1, 255])  # pixel 0 correct, pixel 1 wrong, pixel 2 ignored
+    valid = labels != 255
+    attack = SegPGD(steps=4)
+    loss = attack.objective(logits, None, labels, valid, step=2, state={})
+    expected = ((1 - 0.25) * -math.log(0.8) + 0.25 * -math.log(0.4)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_eroseg_threshold_schedule_matches_the_paper():
+    taus = [round(eroseg_threshold(step, 0.8, 0.8), 3) for step in range(6)]
+    assert taus == [0.8, 0.91, 0.96, 0.982, 0.992, 0.996]
+    assert eroseg_threshold(0, 0.8, 0.8, schedule_offset=1) == pytest.approx(eroseg_threshold(1, 0.8, 0.8))
+
+
+def test_eroseg_sensitive_set_keeps_correct_uncertain_pixels():
+    # correct & uncertain | correct & confident | wrong & uncertain | ignored
+    logits = logits_from_probabilities([[0.6, 0.4], [0.95, 0.05], [0.6, 0.4], [0.6, 0.4]])
+    labels = row([0, 0, 1, 255])
+    sensitive = eroseg_sensitive_set(logits, labels, labels != 255, tau=0.8)
+    assert sensitive[0, 0].tolist() == [True, False, False, False]
+    # A larger threshold takes in the confident pixel too: the set erodes inwards.
+    sensitive = eroseg_sensitive_set(logits, labels, labels != 255, tau=0.99)
+    assert sensitive[0, 0].tolist() == [True, True, False, False]
+
+
+def test_eroseg_empty_set_falls_back_to_correct_then_to_valid_pixels():
+    logits = torch.cat(
+        [
+            logits_from_probabilities([[0.95, 0.05], [0.95, 0.05], [0.6, 0.4]]),  # only confident correct
+            logits_from_probabilities([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4]]),  # nothing correct
+        ]
+    )
+    labels = torch.tensor([[[0, 1, 255]], [[1, 1, 255]]])
+    sensitive = eroseg_sensitive_set(logits, labels, labels != 255, tau=0.8)
+    assert sensitive[0, 0].tolist() == [True, False, False]
+    assert sensitive[1, 0].tolist() == [True, True, False]
+
+
+def test_eroseg_class_weights_foreground_background_and_no_background():
+    labels = row([0, 3, 255])
+    assert eroseg_class_weights(labels, 0, 0.7)[0, 0].tolist() == pytest.approx([0.3, 0.7, 0.7])
+    assert eroseg_class_weights(labels, None, 0.7)[0, 0].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_cospgd_weight_is_cosine_between_softmax_and_onehot():
+    logits = logits_from_probabilities([[0.5, 0.5], [1.0 - 1e-7, 1e-7], [0.2, 0.8]])
+    labels = row([0, 0, 0])
+    weights = cospgd_weights(logits, labels, labels != 255)
+    assert weights[0, 0].tolist() == pytest.approx(
+        [0.5 / math.sqrt(0.5), 1.0, 0.2 / math.sqrt(0.68)], rel=1e-5
+    )
+    probabilities = F.softmax(logits, 1)
+    onehot = F.one_hot(labels, 2).permute(0, 3, 1, 2).float()
+    assert torch.allclose(weights, F.cosine_similarity(probabilities, onehot, dim=1))
+
+
+def test_cw_margin_clamps_at_kappa():
+    logits = torch.tensor([2.0, 1.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 1, 3).contiguous()
+    labels = row([0, 2, 255])
+    assert margin(logits, labels, labels != 255)[0, 0].tolist() == [-1.0, 0.0, 0.0]
+    assert margin(logits, labels, labels != 255, kappa=5.0)[0, 0].tolist() == [-1.0, 2.0, 0.0]
+
+
+def test_js_divergence_matches_the_definition():
+    probabilities = [[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]]
+    logits = logits_from_probabilities(probabilities)
+    labels = row([0, 0, 2])
+    p = torch.tensor(probabilities)
+    q = F.one_hot(labels[0, 0], 3).float()
+    m = (p + q) / 2
+    expected = 0.5 * (torch.special.xlogy(p, p / m).sum(1) + torch.special.xlogy(q, q / m).sum(1))
+    assert torch.allclose(js_divergence(logits, labels, labels != 255)[0, 0], expected, atol=1e-6)
+
+
+def test_js_divergence_gradient_is_finite_when_the_label_probability_underflows():
+    logits = torch.tensor([[[[0.0]], [[200.0]]]], requires_grad=True)
+    labels = torch.zeros(1, 1, 1, dtype=torch.long)
+    value = js_divergence(logits, labels, labels != 255)
+    (gradient,) = torch.autograd.grad(value.sum(), logits)
+    assert value.item() == pytest.approx(math.log(2))
+    assert torch.isfinite(gradient).all()
+
+
+def test_apgd_masked_losses_drop_wrong_pixels_and_weigh_classes():
+    logits = logits_from_probabilities([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    labels = row([0, 0, 1])  # correct, wrong, wrong
+    valid = labels != 255
+    ce0 = -math.log(0.8)
+    assert APGD_LOSSES["mce"](logits, labels, valid, None).item() == pytest.approx(ce0 / 3)
+    weights = torch.tensor([2.0, 5.0])
+    assert APGD_LOSSES["mce_balanced"](logits, labels, valid, weights).item() == pytest.approx(2 * ce0 / 3)
+
+
+def test_apgd_checkpoints_follow_autoattack():
+    assert apgd_checkpoint_lengths(100) == [22, 19, 16, 13, 10, 7, 6, 6]
+    assert apgd_checkpoint_lengths(9) == [1] * 9
+    assert apgd_checkpoint_lengths(0) == []
+
+
+def test_rppgd_region_weights():
+    assert rppgd_region_weights(0, 10) == pytest.approx((19 / 20, 0.0, 1 / 20))
+    assert rppgd_region_weights(9, 10) == pytest.approx((10 / 20, 9 / 20, 1 / 20))
+
+
+def test_rppgd_regions_partition_valid_pixels():
+    clean_correct = torch.tensor([[[True, True, False, False]]])
+    ever_wrong = torch.tensor([[[False, True, True, False]]])
+    valid = torch.tensor([[[True, True, True, False]]])
+    true_region, boundary, false_region = rppgd_regions(clean_correct, ever_wrong, valid)
+    assert true_region[0, 0].tolist() == [True, False, False, False]
+    assert boundary[0, 0].tolist() == [False, True, False, False]
+    assert false_region[0, 0].tolist() == [False, False, True, False]
+
+
+def test_rppgd_boundary_pixels_stay_boundary_after_turning_correct_again():
+    attack = RPPGD(steps=3, random_start=False)
+    labels = row([0, 0, 1])
+    valid = labels != 255
+    features = torch.zeros(1, 2, 1, 3)
+    state = attack._init_state(None, None, labels, valid, torch.float32)
+    clean = logits_from_probabilities([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])  # correct, correct, wrong
+    flipped = logits_from_probabilities([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1]])
+    for logits in (clean, flipped, clean):
+        attack.objective(logits, features, labels, valid, 0, state)
+    true_region, boundary, false_region = rppgd_regions(state["clean_correct"], state["ever_wrong"], valid)
+    assert true_region[0, 0].tolist() == [True, False, False]
+    assert boundary[0, 0].tolist() == [False, True, False]
+    assert false_region[0, 0].tolist() == [False, False, True]
+
+
+def test_prototype_similarity_over_region_pixels_by_predicted_class():
+    features = torch.tensor([[1.0, 2.0, 0.0, 5.0], [0.0, 0.0, 3.0, 5.0]]).view(1, 2, 1, 4)
+    predicted = row([0, 0, 1, 1])
+    everywhere = torch.ones(1, 1, 4, dtype=torch.bool)
+    # Prototypes (1.5, 0) and (2.5, 4): cosine 2.5·1.5 / (1.5·√(2.5² + 4²)).
+    expected = 2.5 / math.sqrt(2.5**2 + 16)
+    assert prototype_similarity(features, predicted, everywhere, 3).item() == pytest.approx(
+        expected, rel=1e-6
+    )
+    # Outside the region the last pixel does not count: orthogonal prototypes.
+    region = torch.tensor([[[True, True, True, False]]])
+    assert prototype_similarity(features, predicted, region, 3).item() == pytest.approx(0.0)
+    # A single class has no pair.
+    assert prototype_similarity(features, row([1, 1, 1, 1]), everywhere, 3).item() == 0.0
+
+
+def test_prototype_similarity_resizes_masks_to_coarse_features():
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(1, 2, 1, 2)  # two cells, orthogonal
+    predicted = row([0, 0, 1, 1])  # full resolution: class 0 in cell 0, class 1 in cell 1
+    everywhere = torch.ones(1, 1, 4, dtype=torch.bool)
+    assert prototype_similarity(features, predicted, everywhere, 2).item() == pytest.approx(0.0)
+    mixed = row([0, 1, 1, 1])  # class 1 covers half of cell 0 and all of cell 1
+    expected = 1 / math.sqrt(1 + 2**2)  # prototypes (1, 0) and (0.5, 1)/1.5
+    assert prototype_similarity(features, mixed, everywhere, 2).item() == pytest.approx(expected, rel=1e-6)
