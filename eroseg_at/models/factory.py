@@ -1,0 +1,117 @@
+"""Build a :class:`SegmentationModel` from an architecture name and an encoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+
+from eroseg_at.models.wrapper import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
+
+# Our names -> SMP architecture names. Kept explicit so that the error for an
+# unknown name can list what is supported and tested here.
+ARCHITECTURES = {
+    "deeplabv3": "deeplabv3",
+    "deeplabv3plus": "deeplabv3plus",
+    "pspnet": "pspnet",
+    "unet": "unet",
+    "fpn": "fpn",
+    "segformer": "segformer",
+}
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`build_model`."""
+    return sorted(ARCHITECTURES)
+
+
+def load_encoder_weights(network: torch.nn.Module, path: str | Path) -> None:
+    """Load a local encoder state dict into ``network.encoder``.
+
+    Accepts a plain state dict or a dict holding one under ``state_dict``; an
+    ``encoder.`` prefix (as in a full SMP model's state dict) is stripped.
+    Loading never executes pickled code (``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The file is not a state dict, or its keys do not match the encoder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.encoder_weights_path={path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a bad file
+        raise ValueError(f"cannot read encoder weights from {path}: {error}") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    if state and all(key.startswith("encoder.") for key in state):
+        state = {key.removeprefix("encoder."): value for key, value in state.items()}
+    # Compared by hand: some SMP encoders override load_state_dict and return nothing.
+    expected_keys = set(network.encoder.state_dict())
+    missing, unexpected = expected_keys - set(state), set(state) - expected_keys
+    if missing or unexpected:
+        raise ValueError(
+            f"encoder weights in {path} do not match the encoder: "
+            f"missing keys {sorted(missing)[:20]}{' ...' if len(missing) > 20 else ''} "
+            f"({len(missing)} in all), unexpected keys {sorted(unexpected)[:20]}"
+            f"{' ...' if len(unexpected) > 20 else ''} ({len(unexpected)} in all)"
+        )
+    network.encoder.load_state_dict(state)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    encoder: str = "resnet18",
+    encoder_weights: str | None = None,
+    encoder_weights_path: str | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    **architecture_kwargs: Any,
+) -> SegmentationModel:
+    """Build a segmentation model.
+
+    Args:
+        name: Architecture, one of :func:`available_models`.
+        num_classes: Number of output classes.
+        encoder: SMP encoder name (``resnet18``, ``resnet50``, ``mit_b0``, ...).
+        encoder_weights: SMP pretrained-weights tag. ``None`` (the default) builds
+            offline; a tag such as ``"imagenet"`` downloads weights.
+        encoder_weights_path: A local encoder state dict to load instead.
+        mean: Per-channel mean of the encoder's expected input, in [0, 1] units.
+        std: Per-channel std of the encoder's expected input.
+        **architecture_kwargs: Passed to the SMP architecture (e.g.
+            ``encoder_output_stride=16`` for DeepLabV3, ``decoder_channels``).
+
+    Returns:
+        A :class:`SegmentationModel` taking images in [0, 1].
+
+    Raises:
+        ValueError: Unknown architecture (the message lists the valid names),
+            or both ``encoder_weights`` and ``encoder_weights_path`` given.
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if encoder_weights is not None and encoder_weights_path is not None:
+        raise ValueError("give model.encoder_weights or model.encoder_weights_path, not both")
+    if encoder_weights_path is not None and not Path(encoder_weights_path).is_file():
+        raise FileNotFoundError(f"model.encoder_weights_path={encoder_weights_path} does not exist")
+    network = smp.create_model(
+        ARCHITECTURES[name],
+        encoder_name=encoder,
+        encoder_weights=encoder_weights,
+        classes=num_classes,
+        **architecture_kwargs,
+    )
+    if encoder_weights_path is not None:
+        load_encoder_weights(network, encoder_weights_path)
+    input_divisor = network.encoder.output_stride if network.requires_divisible_input_shape else 1
+    return SegmentationModel(network, num_classes, mean=mean, std=std, input_divisor=input_divisor)

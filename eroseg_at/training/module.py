@@ -1,0 +1,277 @@
+"""The LightningModule: standard and adversarial training, clean and robust validation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eroseg_at.metrics import SegmentationMetrics
+from eroseg_at.training.optim import build_optimizer, lr_factor
+
+AT_OBJECTIVES = ("clean_plus_adv", "half_adv")
+
+
+@dataclass
+class AdversarialTrainingConfig:
+    """How the training attack enters the loss.
+
+    Attributes:
+        objective: ``clean_plus_adv`` is EroSeg-AT's ``CE(x) + adv_weight * CE(x_adv)``
+            over the whole batch; ``half_adv`` is SegPGD-AT's form, where the second
+            half of each batch is replaced by its adversarial version and the plain
+            CE is taken over the mixed batch.
+        adv_weight: Weight of the adversarial term in ``clean_plus_adv``.
+        eps_warmup_epochs: The training attack's eps ramps linearly from
+            ``eps / N`` in epoch 0 to the full ``eps`` from epoch ``N - 1`` on; 0 disables.
+    """
+
+    objective: str = "clean_plus_adv"
+    adv_weight: float = 1.0
+    eps_warmup_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in AT_OBJECTIVES:
+            raise ValueError(
+                f"unknown adversarial objective {self.objective!r}; expected one of {', '.join(AT_OBJECTIVES)}"
+            )
+        if self.adv_weight < 0:
+            raise ValueError(f"adv_weight must be >= 0, got {self.adv_weight}")
+        if self.eps_warmup_epochs < 0:
+            raise ValueError(f"eps_warmup_epochs must be >= 0, got {self.eps_warmup_epochs}")
+
+
+@dataclass
+class OptimizationConfig:
+    """Optimizer and learning-rate schedule (the ``schedule`` config group)."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    betas: Sequence[float] = (0.9, 0.999)
+    lr_schedule: str = "poly"
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+
+
+@dataclass
+class ValidationConfig:
+    """Robust validation.
+
+    Attributes:
+        attacks: Name -> attack; each gets its own metric, logged as ``val/miou_<name>``.
+        attack_batches: Only the first N validation batches are attacked (robust
+            validation is expensive); ``None`` attacks every batch.
+        example_images: How many images of the first validation batch are kept
+            for the example panels.
+    """
+
+    attacks: Mapping[str, Callable[..., torch.Tensor]] = field(default_factory=dict)
+    attack_batches: int | None = None
+    example_images: int = 4
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains a segmentation model, optionally on adversarial examples, and validates it
+    clean and under attack.
+
+    The attack is called on ``self.model``, the raw network, never on the DDP wrapper,
+    so that no gradient synchronisation happens inside it; attacks take input
+    gradients only and restore every module's train/eval mode themselves.
+
+    Args:
+        model: Maps images in [0, 1] ``[B, 3, H, W]`` to logits ``[B, C, H, W]``.
+        num_classes: Number of classes.
+        class_names: One name per class, for the per-class IoU table and W&B masks.
+        ignore_index: Label that never counts in losses or metrics.
+        optimization: Optimizer and LR schedule.
+        train_attack: The attack that builds adversarial training batches; ``None``
+            means standard training.
+        adversarial: How adversarial examples enter the loss.
+        validation: Attacks and limits for robust validation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        class_names: Sequence[str],
+        ignore_index: int = 255,
+        optimization: OptimizationConfig | None = None,
+        train_attack: Callable[..., torch.Tensor] | None = None,
+        adversarial: AdversarialTrainingConfig | None = None,
+        validation: ValidationConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
+        self.model = model
+        self.num_classes = num_classes
+        self.class_names = list(class_names)
+        self.ignore_index = ignore_index
+        self.optimization = optimization or OptimizationConfig()
+        self.train_attack = train_attack
+        self.adversarial = adversarial or AdversarialTrainingConfig()
+        self.validation = validation or ValidationConfig()
+        self._train_attack_eps = float(train_attack.eps) if train_attack is not None else None
+        make_metrics = partial(SegmentationMetrics, num_classes=num_classes, ignore_index=ignore_index)
+        self.val_metrics = nn.ModuleDict({"clean": make_metrics()})
+        for name in self.validation.attacks:
+            self.val_metrics[name] = make_metrics()
+        self.last_val_scores: dict[str, dict[str, torch.Tensor]] = {}
+        self.val_examples: dict[str, torch.Tensor] | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # float32 under autocast, and a zero rather than NaN for an all-ignore batch.
+        per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=self.ignore_index, reduction="sum")
+        return per_pixel / (labels != self.ignore_index).sum().clamp_min(1)
+
+    # ----------------------------------------------------------------- training
+    def train_attack_eps(self, epoch: int) -> float:
+        """The training attack's eps in ``epoch`` (0-based), after the warm-up ramp."""
+        assert self._train_attack_eps is not None
+        warmup = self.adversarial.eps_warmup_epochs
+        if warmup == 0:
+            return self._train_attack_eps
+        return self._train_attack_eps * min(1.0, (epoch + 1) / warmup)
+
+    def on_train_epoch_start(self) -> None:
+        if self.train_attack is not None:
+            self.train_attack.eps = self.train_attack_eps(self.current_epoch)
+            self.log("train/attack_eps", self.train_attack.eps, on_step=False, on_epoch=True)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        if self.train_attack is None:
+            loss = self.loss(self.model(images), labels)
+            self.log("train/loss", loss, prog_bar=True)
+        elif self.adversarial.objective == "clean_plus_adv":
+            loss = self._clean_plus_adv_step(images, labels)
+        else:
+            loss = self._half_adv_step(images, labels)
+        self._stop_on_non_finite(loss, batch_idx)
+        return loss
+
+    def _clean_plus_adv_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        adv_images = self.train_attack(self.model, images, labels)
+        # One forward over clean and adversarial images together: half the kernel launches
+        # of two forwards, and BatchNorm sees the same mixed batch as in the paper's objective.
+        logits = self.model(torch.cat([images, adv_images]))
+        clean_logits, adv_logits = logits.chunk(2)
+        loss_clean = self.loss(clean_logits, labels)
+        loss_adv = self.loss(adv_logits, labels)
+        loss = loss_clean + self.adversarial.adv_weight * loss_adv
+        valid = labels != self.ignore_index
+        flipped = (clean_logits.argmax(1) != adv_logits.argmax(1)) & valid
+        self.log_dict(
+            {
+                "train/loss": loss,
+                "train/loss_clean": loss_clean,
+                "train/loss_adv": loss_adv,
+                "train/flip_rate": flipped.sum() / valid.sum().clamp_min(1),
+            },
+            prog_bar=False,
+        )
+        self.log("loss", loss, prog_bar=True, logger=False)
+        return loss
+
+    def _half_adv_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        half = images.shape[0] // 2
+        adv_images = self.train_attack(self.model, images[half:], labels[half:])
+        logits = self.model(torch.cat([images[:half], adv_images]))
+        loss = self.loss(logits, labels)
+        adv_logits, adv_labels = logits[half:], labels[half:]
+        valid = adv_labels != self.ignore_index
+        wrong = (adv_logits.argmax(1) != adv_labels) & valid
+        self.log_dict(
+            {
+                "train/loss": loss,
+                "train/loss_clean": self.loss(logits[:half], labels[:half]),
+                "train/loss_adv": self.loss(adv_logits, adv_labels),
+                "train/adv_error_rate": wrong.sum() / valid.sum().clamp_min(1),
+            }
+        )
+        self.log("loss", loss, prog_bar=True, logger=False)
+        return loss
+
+    def _stop_on_non_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        # Checked before the optimizer step, so the weights (and last.ckpt) are still good.
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
+                "stopping before the optimizer step. The last good checkpoint is last.ckpt in the run's "
+                "checkpoint directory; lower schedule.lr or check the data."
+            )
+
+    # --------------------------------------------------------------- validation
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        clean_logits = self.model(images)
+        self.val_metrics["clean"].update(clean_logits, labels)
+        self.log("val/loss", self.loss(clean_logits, labels), sync_dist=True)
+        limit = self.validation.attack_batches
+        attacked = limit is None or batch_idx < limit
+        keep_examples = batch_idx == 0 and self.validation.example_images > 0
+        if keep_examples:
+            n = self.validation.example_images
+            self.val_examples = {
+                "images": images[:n].detach(),
+                "labels": labels[:n].detach(),
+                "clean_pred": clean_logits[:n].argmax(1).detach(),
+            }
+        if not attacked:
+            return
+        for name, attack in self.validation.attacks.items():
+            adv_images = attack(self.model, images, labels)
+            with torch.no_grad():
+                adv_logits = self.model(adv_images)
+            self.val_metrics[name].update(adv_logits, labels)
+            if keep_examples and "adv_images" not in self.val_examples:
+                n = self.validation.example_images
+                self.val_examples["attack"] = name
+                self.val_examples["adv_images"] = adv_images[:n].detach()
+                self.val_examples["adv_pred"] = adv_logits[:n].argmax(1).detach()
+
+    def on_validation_epoch_end(self) -> None:
+        scores = {}
+        for name, metric in self.val_metrics.items():
+            if not metric.update_called:
+                continue
+            scores[name] = metric.compute()
+            metric.reset()
+            # compute() already summed the confusion matrices across processes.
+            self.log(f"val/miou_{name}", scores[name]["miou"].float(), prog_bar=True)
+            self.log(f"val/pixel_accuracy_{name}", scores[name]["pixel_accuracy"].float())
+        self.last_val_scores = scores
+
+    # ------------------------------------------------------------- optimization
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = self.optimization
+        optimizer = build_optimizer(
+            self.parameters(),
+            opt.optimizer,
+            lr=opt.lr,
+            weight_decay=opt.weight_decay,
+            momentum=opt.momentum,
+            betas=tuple(opt.betas),
+        )
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = partial(
+            lr_factor,
+            opt.lr_schedule,
+            total_steps=total_steps,
+            warmup_steps=opt.warmup_steps,
+            power=opt.poly_power,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,131 @@
+"""One shared tester; each architecture subclasses it in a few lines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eroseg_at.models import available_models, build_model
+from eroseg_at.training.runner import train
+
+NUM_CLASSES = 5
+
+
+class ModelTester:
+    name: str
+    encoder: str = "resnet18"
+    architecture: dict = {}
+    size: int = 64
+
+    @pytest.fixture(scope="class")
+    def model(self):
+        torch.manual_seed(0)
+        return build_model(self.name, NUM_CLASSES, encoder=self.encoder, **self.architecture).eval()
+
+    def test_logits_have_the_input_size_and_one_channel_per_class(self, model):
+        images = torch.rand(2, 3, self.size, self.size)
+        with torch.no_grad():
+            logits = model(images)
+        assert logits.shape == (2, NUM_CLASSES, self.size, self.size)
+        assert logits.dtype == torch.float32
+
+    def test_logits_and_features_agree_with_forward(self, model):
+        images = torch.rand(2, 3, self.size, self.size)
+        with torch.no_grad():
+            logits, features = model.logits_and_features(images)
+            assert torch.equal(logits, model(images))
+        assert features.ndim == 4 and features.shape[0] == 2
+
+    def test_normalisation_happens_inside_the_model(self, model):
+        images = torch.rand(1, 3, self.size, self.size)
+        with torch.no_grad():
+            expected = model.network((images - model.mean) / model.std)
+            assert torch.allclose(model(images), expected, atol=1e-5)
+
+    def test_input_gradient_flows_to_pixels(self, model):
+        images = torch.rand(1, 3, self.size, self.size, requires_grad=True)
+        (grad,) = torch.autograd.grad(model(images).sum(), images)
+        assert grad.abs().sum() > 0
+
+    def test_size_not_divisible_is_refused_with_the_divisor_named(self, model):
+        if model.input_divisor == 1:
+            pytest.skip("this architecture accepts any input size")
+        bad = self.size + model.input_divisor // 2
+        with pytest.raises(ValueError, match=f"not divisible by {model.input_divisor}"):
+            model(torch.rand(1, 3, bad, bad))
+
+    def test_fast_dev_run_trains_and_validates(self, tiny_train_config):
+        result = train(tiny_train_config(f"model={self.name}", f"model.encoder={self.encoder}", "debug=fdr"))
+        assert 0.0 <= result.val_scores["clean/miou"] <= 1.0
+
+
+class TestDeepLabV3(ModelTester):
+    name = "deeplabv3"
+
+
+class TestDeepLabV3Plus(ModelTester):
+    name = "deeplabv3plus"
+
+
+class TestPSPNet(ModelTester):
+    name = "pspnet"
+
+
+class TestUnet(ModelTester):
+    name = "unet"
+    architecture = {"decoder_channels": (64, 32, 16, 16, 16)}
+
+
+class TestFPN(ModelTester):
+    name = "fpn"
+
+
+class TestSegformer(ModelTester):
+    name = "segformer"
+    encoder = "mit_b0"
+
+
+def test_every_model_config_has_a_tester():
+    tested = {cls.name for cls in ModelTester.__subclasses__()}
+    assert tested == set(available_models())
+
+
+def test_unknown_model_lists_the_valid_names():
+    with pytest.raises(ValueError, match="available models: deeplabv3, deeplabv3plus, fpn"):
+        build_model("deeplabv4", NUM_CLASSES)
+
+
+def test_local_encoder_weights_are_loaded(tmp_path):
+    source = build_model("unet", NUM_CLASSES)
+    path = tmp_path / "encoder.pt"
+    torch.save(source.network.encoder.state_dict(), path)
+    loaded = build_model("unet", NUM_CLASSES, encoder_weights_path=str(path))
+    for key, value in source.network.encoder.state_dict().items():
+        assert torch.equal(loaded.network.encoder.state_dict()[key], value)
+
+
+def test_full_model_state_dict_with_encoder_prefix_is_accepted(tmp_path):
+    source = build_model("unet", NUM_CLASSES)
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": source.network.state_dict()}, path)
+    with pytest.raises(ValueError, match="unexpected keys"):
+        # decoder./segmentation_head. keys are not encoder keys: refused, not silently dropped.
+        build_model("unet", NUM_CLASSES, encoder_weights_path=str(path))
+    encoder_only = {k: v for k, v in source.network.state_dict().items() if k.startswith("encoder.")}
+    torch.save(encoder_only, path)
+    loaded = build_model("unet", NUM_CLASSES, encoder_weights_path=str(path))
+    assert torch.equal(loaded.network.encoder.conv1.weight, source.network.encoder.conv1.weight)
+
+
+def test_mismatched_encoder_weights_list_missing_and_unexpected_keys(tmp_path):
+    path = tmp_path / "wrong.pt"
+    torch.save({"conv1.weight": torch.zeros(1), "not_a_layer.bias": torch.zeros(1)}, path)
+    with pytest.raises(
+        ValueError, match=r"missing keys \['bn1\.bias'.*unexpected keys \['not_a_layer\.bias'\]"
+    ):
+        build_model("unet", NUM_CLASSES, encoder_weights_path=str(path))
+
+
+def test_missing_encoder_weights_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="encoder_weights_path=.*nope.pt does not exist"):
+        build_model("unet", NUM_CLASSES, encoder_weights_path=str(tmp_path / "nope.pt"))
