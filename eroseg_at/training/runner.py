@@ -57,18 +57,13 @@ def build_model_from_config(cfg: DictConfig) -> SegmentationModel:
     )
 
 
-def check_setup(cfg: DictConfig, model: SegmentationModel) -> None:
+def check_setup(cfg: DictConfig, model: SegmentationModel, datamodule: Any) -> None:
     """Refuse configurations that would only fail (or silently mislead) mid-training."""
     dataset = cfg.dataset
-    if cfg.model.num_classes != dataset.num_classes:
+    if model.num_classes != datamodule.num_classes:
         raise ValueError(
-            f"model.num_classes={cfg.model.num_classes} does not match dataset.num_classes="
-            f"{dataset.num_classes} of dataset '{dataset.name}'"
-        )
-    if len(dataset.class_names) != dataset.num_classes:
-        raise ValueError(
-            f"dataset.num_classes={dataset.num_classes} does not match the {len(dataset.class_names)} "
-            f"dataset.class_names of dataset '{dataset.name}' ({list(dataset.class_names)})"
+            f"model.num_classes={model.num_classes} does not match dataset.num_classes="
+            f"{datamodule.num_classes} of dataset '{dataset.name}'"
         )
     divisor = model.input_divisor
     crop_h, crop_w = dataset.crop_size
@@ -94,14 +89,14 @@ def build_train_attack(cfg: DictConfig) -> Any:
     return instantiate(cfg.attack, **overrides)
 
 
-def build_module(cfg: DictConfig, model: SegmentationModel) -> SegmentationModule:
+def build_module(cfg: DictConfig, model: SegmentationModel, datamodule: Any) -> SegmentationModule:
     schedule = cfg.schedule
     validation_attacks = {name: instantiate(node) for name, node in (cfg.validation.attacks or {}).items()}
     return SegmentationModule(
         model,
-        num_classes=cfg.dataset.num_classes,
-        class_names=list(cfg.dataset.class_names),
-        ignore_index=cfg.dataset.ignore_index,
+        num_classes=datamodule.num_classes,
+        class_names=list(datamodule.class_names),
+        ignore_index=datamodule.ignore_index,
         optimization=OptimizationConfig(
             optimizer=schedule.optimizer,
             lr=schedule.lr,
@@ -166,10 +161,10 @@ def train(cfg: DictConfig) -> TrainResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
-    model = build_model_from_config(cfg)
-    check_setup(cfg, model)
     datamodule = instantiate(cfg.dataset)
-    module = build_module(cfg, model)
+    model = build_model_from_config(cfg)
+    check_setup(cfg, model, datamodule)
+    module = build_module(cfg, model, datamodule)
     callbacks = build_callbacks(cfg, output_dir)
     logger = build_logger(cfg)
     trainer: L.Trainer = instantiate(

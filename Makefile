@@ -1,0 +1,54 @@
+# eroseg-at: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CKPT ?=
+ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, from the exact release this project is tested with (served from local disk here).
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: ## Create .venv with torch 2.14.1 and the package (editable, with dev extras)
+	rm -f $(STAMP)
+	$(MAKE) $(STAMP)
+
+train: $(STAMP) ## The main job: EroSeg-AT on the embedded shapes dataset (ARGS= for more overrides)
+	$(PY) train.py experiment=shapes_eroseg_at $(ARGS)
+
+train-clean: $(STAMP) ## Standard (non-adversarial) training of the default model on shapes
+	$(PY) train.py $(ARGS)
+
+test: $(STAMP) ## Run the default test suite (everything not marked slow)
+	$(PY) -m pytest
+
+test-slow: $(STAMP) ## Run the slow tests (attack strength, cross-checks, end-to-end training)
+	$(PY) -m pytest -m slow
+
+lint: $(STAMP) ## ruff check and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP) ## ruff format and autofix
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: $(STAMP) ## Benchmarks: attack overhead and adversarial-training step
+	$(PY) benchmarks/attack_overhead.py
+	$(PY) benchmarks/at_step.py
+
+clean: ## Remove run outputs (outputs/, multirun/, wandb/)
+	rm -rf outputs multirun wandb lightning_logs .pytest_cache
+
+.PHONY: help install train train-clean test test-slow lint format bench clean

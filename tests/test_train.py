@@ -1,0 +1,127 @@
+"""The training entry point: configs compose, bad input is refused early, train.py runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from eroseg_at.training.optim import build_optimizer
+from eroseg_at.training.runner import build_logger, build_model_from_config, build_train_attack, train
+from tests.conftest import CONF_DIR, REPO_ROOT, TINY_SHAPES, compose_train_config
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("option", group_options("model"))
+def test_every_model_option_builds(option, tmp_path):
+    cfg = compose_train_config([f"model={option}"], output_dir=tmp_path)
+    model = build_model_from_config(cfg)
+    assert model.num_classes == cfg.dataset.num_classes
+
+
+@pytest.mark.parametrize("option", group_options("attack"))
+def test_every_attack_option_builds(option, tmp_path):
+    cfg = compose_train_config([f"attack={option}"], output_dir=tmp_path)
+    attack = build_train_attack(cfg)
+    if option == "none":
+        assert attack is None
+    else:
+        assert attack.name and attack.steps == cfg.schedule.attack_steps
+
+
+@pytest.mark.parametrize("option", group_options("schedule"))
+def test_every_schedule_option_builds_its_optimizer(option, tmp_path):
+    cfg = compose_train_config([f"schedule={option}"], output_dir=tmp_path)
+    optimizer = build_optimizer(
+        [torch.nn.Parameter(torch.zeros(1))],
+        cfg.schedule.optimizer,
+        lr=cfg.schedule.lr,
+        weight_decay=cfg.schedule.weight_decay,
+        momentum=cfg.schedule.momentum,
+        betas=tuple(cfg.schedule.betas),
+    )
+    assert optimizer.param_groups[0]["lr"] == cfg.schedule.lr
+
+
+@pytest.mark.parametrize("option", group_options("trainer"))
+def test_every_trainer_option_instantiates_without_inference_mode(option, tmp_path):
+    cfg = compose_train_config([f"trainer={option}"], output_dir=tmp_path)
+    assert cfg.trainer.inference_mode is False
+    # No GPU here: the same config, pointed at the CPU, must still build a Trainer.
+    cpu = OmegaConf.merge(cfg.trainer, {"accelerator": "cpu", "devices": 1, "precision": "32-true"})
+    trainer = instantiate(cpu, logger=False, enable_checkpointing=False)
+    assert trainer.max_epochs == cfg.schedule.max_epochs
+
+
+@pytest.mark.parametrize("option", group_options("logger"))
+def test_every_logger_option_instantiates(option, tmp_path):
+    cfg = compose_train_config([f"logger={option}"], output_dir=tmp_path)
+    logger = build_logger(cfg)
+    if option == "none":
+        assert logger is False
+    else:
+        assert str(tmp_path) in str(logger.save_dir)
+    if option == "wandb":
+        assert cfg.logger.offline is True and cfg.logger.log_model is False
+
+
+@pytest.mark.parametrize("option", group_options("debug") + group_options("experiment"))
+def test_every_debug_and_experiment_option_composes(option, tmp_path):
+    group = "debug" if option in group_options("debug") else "experiment"
+    cfg = compose_train_config([f"{group}={option}"], output_dir=tmp_path)
+    OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("option", group_options("dataset"))
+def test_every_dataset_option_composes_with_the_shared_keys(option, tmp_path):
+    cfg = compose_train_config([f"dataset={option}"], output_dir=tmp_path)
+    for key in ("name", "num_classes", "class_names", "ignore_index", "background_class", "crop_size"):
+        assert key in cfg.dataset, f"dataset={option} lacks {key}"
+    assert cfg.dataset.ignore_index == 255
+
+
+def test_unknown_group_option_is_refused_by_hydra(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="deeplabv9"):
+        compose_train_config(["model=deeplabv9"], output_dir=tmp_path)
+
+
+def test_wrong_num_classes_is_refused_before_training(tiny_train_config):
+    # Raised by the datamodule, wrapped by Hydra's instantiate with the message kept.
+    with pytest.raises(Exception, match=r"dataset shapes: class_names has 7 entries but num_classes=5"):
+        train(tiny_train_config("dataset.num_classes=5"))
+    with pytest.raises(ValueError, match=r"model.num_classes=3 does not match dataset.num_classes=7"):
+        train(tiny_train_config("model.num_classes=3"))
+
+
+def test_crop_size_not_divisible_by_the_architecture_is_refused(tiny_train_config):
+    with pytest.raises(ValueError, match=r"dataset.crop_size=\[72, 72\] is not divisible by 16"):
+        train(tiny_train_config("model=deeplabv3plus", "dataset.crop_size=[72,72]"))
+
+
+def test_missing_encoder_weights_file_is_refused_before_training(tiny_train_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="encoder_weights_path=.*missing.pt does not exist"):
+        train(tiny_train_config(f"model.encoder_weights_path={tmp_path / 'missing.pt'}"))
+
+
+def test_train_py_debug_fdr_runs_as_a_subprocess(tmp_path):
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    completed = subprocess.run(
+        [sys.executable, "train.py", "debug=fdr", *TINY_SHAPES, f"hydra.run.dir={tmp_path}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "final val mIoU (clean):" in completed.stdout
+    assert f"run directory: {tmp_path}" in completed.stdout
