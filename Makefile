@@ -44,6 +44,13 @@ format: $(STAMP) ## ruff format and autofix
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+eval: $(STAMP) ## Robustness report of checkpoints: make eval CKPT='outputs/train/**/best*.ckpt' [ARGS='suite=full']
+	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=<checkpoint path or glob> [ARGS='suite=paper ...']"; exit 2; }
+	$(PY) evaluate.py "ckpt_path=$(CKPT)" $(ARGS)
+
+reproduce: $(STAMP) ## Small-scale reproduction of the paper's table on shapes (writes docs/RESULTS.md)
+	$(PY) scripts/reproduce.py $(ARGS)
+
 bench: $(STAMP) ## Benchmarks: attack overhead and adversarial-training step
 	$(PY) benchmarks/attack_overhead.py
 	$(PY) benchmarks/at_step.py
@@ -51,4 +58,4 @@ bench: $(STAMP) ## Benchmarks: attack overhead and adversarial-training step
 clean: ## Remove run outputs (outputs/, multirun/, wandb/)
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache
 
-.PHONY: help install train train-clean test test-slow lint format bench clean
+.PHONY: help install train train-clean test test-slow lint format eval reproduce bench clean
