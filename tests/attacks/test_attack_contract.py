@@ -154,3 +154,24 @@ def test_lowers_pixel_accuracy_of_the_tiny_model(config):
         accuracy = (model(adversarial).argmax(1) == labels).float().mean()
     # Measured 0.49-0.67 across the attacks; the tiny model is hard to move at 8/255.
     assert accuracy < 0.8, f"{config}: pixel accuracy {accuracy:.3f} after the attack"
+
+
+def pixel_error(model, images, labels):
+    """Per image, the fraction of valid pixels still predicted as their label."""
+    with torch.no_grad():
+        correct = (model(images).argmax(1) == labels) & (labels != 255)
+    return correct.flatten(1).sum(1) / (labels != 255).flatten(1).sum(1)
+
+
+def test_track_best_returns_no_worse_than_the_last_iterate(config):
+    name, kwargs = config
+    if name == "apgd":
+        pytest.skip("APGD always returns its best iterate; it has no track_best switch")
+    model = make_model()
+    images, labels = make_batch(batch_size=4, size=16)
+    last = build(config, eps=32 / 255, steps=8, seed=0)(model, images, labels)
+    best = build(config, eps=32 / 255, steps=8, seed=0, track_best=True)(model, images, labels)
+    assert_inside_ball(best, images, eps=32 / 255)
+    assert (pixel_error(model, best, labels) <= pixel_error(model, last, labels)).all()
+    start = build(config, eps=32 / 255, steps=1, seed=0, alpha=1e-9)(model, images, labels)
+    assert (pixel_error(model, best, labels) < pixel_error(model, start, labels)).any()

@@ -15,15 +15,18 @@ import torch
 
 from eroseg_at.attacks import available_attacks, build_attack
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from crosscheck_model import mean_iou, trained_shapes_model  # noqa: E402
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def victim():
-    return trained_shapes_model()
+def victim_tools():
+    """``(trained_shapes_model, mean_iou)``, imported at run time so collecting the fast suite stays cheap."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from crosscheck_model import mean_iou, trained_shapes_model
+
+    return trained_shapes_model, mean_iou
 
 
 def inverse_frequency_weights(masks: torch.Tensor, num_classes: int) -> list[float]:
@@ -32,8 +35,9 @@ def inverse_frequency_weights(masks: torch.Tensor, num_classes: int) -> list[flo
     return weights.tolist()
 
 
-def test_every_attack_lowers_miou_and_eroseg_and_segpgd_beat_pgd(victim, capsys):
-    model, images, masks = victim
+def test_every_attack_lowers_miou_and_eroseg_and_segpgd_beat_pgd(victim_tools, capsys):
+    trained_shapes_model, mean_iou = victim_tools
+    model, images, masks = trained_shapes_model()
     clean = mean_iou(model, images, masks)
     assert clean > 50, f"the victim did not learn shapes: clean mIoU {clean:.1f}"
     configs = {name: {} for name in available_attacks()}
