@@ -10,6 +10,10 @@ import cv2
 
 from eroseg_at.data.errors import DatasetError
 
+# cv2's INTER_NEAREST samples pixel corners while INTER_LINEAR samples pixel centres, which
+# shifts masks against images by up to a pixel when rescaling; NEAREST_EXACT samples centres.
+MASK_INTERPOLATION = cv2.INTER_NEAREST_EXACT
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -61,7 +65,9 @@ def build_train_transform(
     low, high = augment.scale_range
     steps: list[A.BasicTransform] = []
     if (low, high) != (1.0, 1.0):
-        steps.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0))
+        steps.append(
+            A.RandomScale(scale_limit=(low - 1.0, high - 1.0), mask_interpolation=MASK_INTERPOLATION, p=1.0)
+        )
     steps += [
         A.PadIfNeeded(
             min_height=crop_height,
@@ -97,7 +103,7 @@ def build_val_transform(augment: AugmentConfig, pad_divisor: int, ignore_index: 
     steps: list[A.BasicTransform] = []
     if augment.val_resize is not None:
         height, width = augment.val_resize
-        steps.append(A.Resize(height=height, width=width))
+        steps.append(A.Resize(height=height, width=width, mask_interpolation=MASK_INTERPOLATION))
     steps.append(
         A.PadIfNeeded(
             min_height=None,
