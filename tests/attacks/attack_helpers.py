@@ -66,3 +66,16 @@ ATTACK_CONFIGS = [(name, {}) for name in available_attacks()] + [
 def build(config: tuple[str, dict], **kwargs) -> Attack:
     name, config_kwargs = config
     return build_attack(name, **config_kwargs, **kwargs)
+
+
+# Projection happens in float32: allow one rounding step beyond the ball.
+TOLERANCE = 1e-6
+
+
+def assert_inside_ball(adversarial, images, norm="linf", eps=8 / 255):
+    delta = (adversarial - images).flatten(1)
+    if norm == "linf":
+        assert delta.abs().max() <= eps + TOLERANCE
+    else:
+        assert (delta.norm(dim=1) <= eps + TOLERANCE).all()
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
