@@ -9,13 +9,16 @@ from eroseg_at.training.runner import train
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     result = train(cfg)
-    clean = result.val_scores.get("clean/miou")
-    robust = {key.split("/")[0]: value for key, value in result.val_scores.items() if key.endswith("/miou")}
+    clean = result.val_scores.get("val/miou_clean")
+    mious = {
+        key.removeprefix("val/miou_"): value for key, value in result.val_scores.items() if "miou_" in key
+    }
     print(f"\nrun directory: {result.output_dir}")
-    for name, value in robust.items():
+    for name, value in mious.items():
         print(f"final val mIoU ({name}): {100 * value:.2f}")
-    print(f"best checkpoint: {result.best_checkpoint}")
-    print(f"last checkpoint: {result.last_checkpoint}")
+    for kind, path in (("best", result.best_checkpoint), ("last", result.last_checkpoint)):
+        if path is not None and path.is_file():
+            print(f"{kind} checkpoint: {path}")
     if result.wandb_dir is not None:
         print(f"W&B run directory (offline runs: `wandb sync {result.wandb_dir}`): {result.wandb_dir}")
     # Returned for Hydra sweepers that optimise a value.

@@ -56,7 +56,7 @@ class ModelTester:
 
     def test_fast_dev_run_trains_and_validates(self, tiny_train_config):
         result = train(tiny_train_config(f"model={self.name}", f"model.encoder={self.encoder}", "debug=fdr"))
-        assert 0.0 <= result.val_scores["clean/miou"] <= 1.0
+        assert 0.0 <= result.val_scores["val/miou_clean"] <= 1.0
 
 
 class TestDeepLabV3(ModelTester):

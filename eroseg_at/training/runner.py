@@ -34,6 +34,7 @@ class TrainResult:
     output_dir: Path
     best_checkpoint: Path | None
     last_checkpoint: Path | None
+    # Last validation epoch's logged values, e.g. "val/miou_clean", "val/miou_pgd10".
     val_scores: dict[str, float] = field(default_factory=dict)
     wandb_dir: Path | None = None
 
@@ -122,9 +123,8 @@ def build_module(cfg: DictConfig, model: SegmentationModel, datamodule: Any) -> 
 
 
 def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[Callback]:
-    checkpoint_dir = output_dir / "checkpoints"
     best = ModelCheckpoint(
-        dirpath=checkpoint_dir,
+        dirpath=output_dir / "checkpoints",
         filename="best-epoch{epoch:03d}",
         auto_insert_metric_name=False,
         monitor=cfg.checkpoint.monitor,
@@ -175,17 +175,18 @@ def train(cfg: DictConfig) -> TrainResult:
     finally:
         wandb_dir = close_wandb(logger)
 
-    checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
-    scores = {
-        f"{name}/{key}": float(value)
-        for name, result in module.last_val_scores.items()
-        for key, value in result.items()
-        if key != "iou_per_class"
-    }
+    # Read from disk rather than from the callback: under ddp_spawn the callback state of
+    # this process is never updated. save_top_k=1 keeps a single best file.
+    checkpoint_dir = output_dir / "checkpoints"
+    best = sorted(checkpoint_dir.glob("best-*.ckpt"), key=lambda path: path.stat().st_mtime)
+    last = checkpoint_dir / "last.ckpt"
+    # callback_metrics, not the module's attributes: under ddp_spawn only they come back
+    # to this process, already synced across ranks.
+    scores = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
     return TrainResult(
         output_dir=output_dir,
-        best_checkpoint=Path(checkpoint.best_model_path) if checkpoint.best_model_path else None,
-        last_checkpoint=Path(checkpoint.last_model_path) if checkpoint.last_model_path else None,
+        best_checkpoint=best[-1] if best else None,
+        last_checkpoint=last if last.is_file() else None,
         val_scores=scores,
         wandb_dir=wandb_dir,
     )
