@@ -1,0 +1,5 @@
+"""Robustness evaluation: checkpoints in, a report with every attack and the per-image worst case out."""
+
+from eroseg_at.evaluation.pipeline import EvaluationResult, evaluate
+
+__all__ = ["EvaluationResult", "evaluate"]

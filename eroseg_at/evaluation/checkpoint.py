@@ -1,0 +1,117 @@
+"""Finding and safely loading the training checkpoints that evaluation turns into reports."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from eroseg_at.training.runner import CONFIG_KEY
+
+MODEL_PREFIX = "model."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable, foreign or inconsistent with the dataset."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What evaluation needs from one checkpoint file.
+
+    Attributes:
+        path: The file.
+        sha256: Hex SHA-256 of the file's bytes, so a report names exactly the weights it measured.
+        config: The training run's resolved config (``conf/train.yaml`` as composed for that run).
+        model_state: The ``SegmentationModel`` weights (the ``model.`` prefix removed).
+    """
+
+    path: Path
+    sha256: str
+    config: DictConfig
+    model_state: dict[str, torch.Tensor]
+
+
+def resolve_checkpoint_paths(pattern: str) -> list[Path]:
+    """The checkpoint files named by a path or a glob (``**`` matches any depth), sorted.
+
+    Raises:
+        CheckpointError: If nothing matches, naming the pattern.
+    """
+    if not pattern:
+        raise CheckpointError(
+            "ckpt_path is empty: give a checkpoint path or a glob such as 'outputs/**/*.ckpt'"
+        )
+    if glob.has_magic(pattern):
+        paths = sorted(Path(match) for match in glob.glob(pattern, recursive=True) if Path(match).is_file())
+        if not paths:
+            raise CheckpointError(f"ckpt_path glob {pattern!r} matches no file")
+        return paths
+    path = Path(pattern)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    return [path]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
+    """Loads a checkpoint written by ``eroseg_at.training.runner.train`` without running pickled code.
+
+    ``torch.load(weights_only=True)`` refuses any pickled object other than tensors and plain containers,
+    so a tampered file cannot execute code here.
+
+    Raises:
+        CheckpointError: Naming the file, if it is not a torch file, holds pickled objects, or lacks the
+            ``state_dict`` or the stored training config (``eroseg_at_config``).
+    """
+    path = Path(path)
+    try:
+        payload: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds pickled objects that weights_only loading refuses (only tensors "
+            f"and plain containers are allowed); not loading it: {str(error).splitlines()[0]}"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a readable torch checkpoint: {str(error).splitlines()[0]}"
+        ) from error
+    if not isinstance(payload, dict):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds a {type(payload).__name__}, expected a Lightning checkpoint dict"
+        )
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has no 'state_dict' (keys: {sorted(map(str, payload))}); "
+            "expected a Lightning checkpoint written by train.py"
+        )
+    config = payload.get(CONFIG_KEY)
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has no training config under {CONFIG_KEY!r} "
+            "(only checkpoints written by train.py of eroseg-at can be evaluated)"
+        )
+    model_state = {
+        key[len(MODEL_PREFIX) :]: value for key, value in state.items() if key.startswith(MODEL_PREFIX)
+    }
+    if not model_state:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: 'state_dict' has no '{MODEL_PREFIX}*' weights of a SegmentationModel"
+        )
+    return LoadedCheckpoint(
+        path=path, sha256=file_sha256(path), config=OmegaConf.create(config), model_state=model_state
+    )

@@ -1,0 +1,107 @@
+"""``evaluate(cfg)``: checkpoints in, report files (and a W&B run) out."""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from eroseg_at.evaluation.plots import example_grid, miou_vs_eps, miou_vs_iterations
+from eroseg_at.evaluation.report import (
+    markdown_table,
+    results_document,
+    write_csv,
+    write_json,
+    write_markdown,
+)
+from eroseg_at.evaluation.runner import CheckpointReport, evaluate_all
+
+LOGGER_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class EvaluationResult:
+    """Where an evaluation run wrote its report, and what it measured."""
+
+    output_dir: Path
+    reports: list[CheckpointReport]
+    files: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def write_figures(reports: list[CheckpointReport], output_dir: Path) -> list[Path]:
+    figures = [
+        miou_vs_eps(reports, output_dir / "miou_vs_eps.png"),
+        miou_vs_iterations(reports, output_dir / "miou_vs_iterations.png"),
+        *(example_grid(report, output_dir / f"examples_{index}.png") for index, report in enumerate(reports)),
+    ]
+    return [figure for figure in figures if figure is not None]
+
+
+def log_to_wandb(
+    cfg: DictConfig, reports: list[CheckpointReport], csv_path: Path, figures: list[Path]
+) -> None:
+    """The results table and figures as one W&B run (offline by default), finished before returning."""
+    mode = str(cfg.logger.mode)
+    if mode not in LOGGER_MODES:
+        raise ValueError(f"logger.mode must be one of {LOGGER_MODES}, got {mode!r}")
+    import wandb
+
+    with csv_path.open(newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    run = wandb.init(
+        mode=mode,
+        dir=str(cfg.output_dir),
+        project=cfg.logger.project,
+        name=cfg.logger.name,
+        tags=list(cfg.logger.tags),
+        job_type="evaluate",
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    try:
+        run.log(
+            {
+                "results": wandb.Table(columns=header, data=rows),
+                **{f"figures/{figure.stem}": wandb.Image(str(figure)) for figure in figures},
+            }
+        )
+        for report in reports:
+            for row in report.rows:
+                if row["kind"] != "iterations":
+                    run.summary[f"{report.path.name}/{row['key']}@{row['eps_text']}/miou"] = row["miou"]
+    finally:
+        wandb.finish()
+
+
+def settings(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def evaluate(cfg: DictConfig) -> EvaluationResult:
+    """Evaluates every checkpoint of ``cfg.ckpt_path`` with ``cfg.suite`` and writes the report.
+
+    Args:
+        cfg: A composed ``conf/evaluate.yaml``; ``cfg.output_dir`` must resolve (Hydra sets it; tests and
+            scripts pass ``output_dir=...``).
+
+    Returns:
+        An :class:`EvaluationResult` naming ``results.json``, ``results.csv``, ``results.md`` and the PNGs.
+    """
+    started = time.perf_counter()
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    reports = evaluate_all(cfg)
+    files = {name: output_dir / name for name in ("results.json", "results.csv", "results.md")}
+    figures = write_figures(reports, output_dir)
+    write_json(results_document(reports, settings(cfg)), files["results.json"])
+    write_csv(reports, files["results.csv"])
+    write_markdown(reports, files["results.md"], figures)
+    files.update({figure.name: figure for figure in figures})
+    log_to_wandb(cfg, reports, files["results.csv"], figures)
+    print(markdown_table(reports))
+    print(f"report: {files['results.md']}")
+    return EvaluationResult(output_dir, reports, files, time.perf_counter() - started)

@@ -1,0 +1,201 @@
+"""The report files of an evaluation run: ``results.json``, ``results.csv`` and ``results.md``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from eroseg_at.evaluation.runner import CheckpointReport
+
+PACKAGES = (
+    "eroseg-at",
+    "torch",
+    "lightning",
+    "segmentation-models-pytorch",
+    "hydra-core",
+    "numpy",
+    "albumentations",
+)
+CSV_FIELDS = (
+    "checkpoint",
+    "sha256",
+    "method",
+    "kind",
+    "key",
+    "label",
+    "attack",
+    "eps",
+    "eps_text",
+    "steps",
+    "miou",
+    "pixel_accuracy",
+    "seconds",
+)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def percent(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def table_columns(reports: list[CheckpointReport]) -> list[tuple[str, str, str]]:
+    """(kind, key, eps_text) of the table's columns: clean, each suite attack per budget, worst case per budget."""
+    columns: list[tuple[str, str, str]] = []
+    for report in reports:
+        for row in report.rows:
+            column = (row["kind"], row["key"], row["eps_text"])
+            if row["kind"] != "iterations" and column not in columns:
+                columns.append(column)
+    budgets = list(dict.fromkeys(budget for kind, _, budget in columns if kind != "clean"))
+    order = {"clean": 0, "attack": 1, "worst_case": 2}
+    # Stable sort: per budget, the suite's attacks in their order and then the worst case.
+    return sorted(columns, key=lambda c: (0 if c[0] == "clean" else 1 + budgets.index(c[2]), order[c[0]]))
+
+
+def column_title(reports: list[CheckpointReport], column: tuple[str, str, str], several_budgets: bool) -> str:
+    kind, key, budget = column
+    label = next(
+        row["label"]
+        for r in reports
+        for row in r.rows
+        if (row["kind"], row["key"], row["eps_text"]) == column
+    )
+    return f"{label} @{budget}" if several_budgets and kind != "clean" else label
+
+
+def find(report: CheckpointReport, column: tuple[str, str, str]) -> dict[str, Any] | None:
+    return next((row for row in report.rows if (row["kind"], row["key"], row["eps_text"]) == column), None)
+
+
+def markdown_table(reports: list[CheckpointReport]) -> str:
+    """mIoU (%) rows per checkpoint, columns as the EroSeg paper's table (clean, attacks, worst case)."""
+    columns = table_columns(reports)
+    several = len({budget for kind, _, budget in columns if kind != "clean"}) > 1
+    titles = [column_title(reports, column, several) for column in columns]
+    lines = ["| model / AT | checkpoint | " + " | ".join(titles) + " |", "|---|---|" + "---:|" * len(columns)]
+    for report in reports:
+        cells = [percent(row["miou"]) if (row := find(report, column)) else "" for column in columns]
+        lines.append(
+            f"| {report.method} | `{report.path.name}` ({report.sha256[:8]}) | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def per_class_table(report: CheckpointReport) -> str:
+    columns = table_columns([report])
+    several = len({budget for kind, _, budget in columns if kind != "clean"}) > 1
+    titles = [column_title([report], column, several) for column in columns]
+    lines = ["| class | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(columns)]
+    rows = [find(report, column) for column in columns]
+    for index, name in enumerate(report.class_names):
+        lines.append(f"| {name} | " + " | ".join(percent(row["iou_per_class"][index]) for row in rows) + " |")
+    return "\n".join(lines)
+
+
+def iterations_table(report: CheckpointReport) -> str | None:
+    rows = [row for row in report.rows if row["kind"] == "iterations"]
+    if not rows:
+        return None
+    steps = sorted({row["steps"] for row in rows})
+    labels = list(dict.fromkeys(row["label"] for row in rows))
+    lines = ["| attack | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---:|" * len(steps)]
+    for label in labels:
+        by_steps = {row["steps"]: row["miou"] for row in rows if row["label"] == label}
+        lines.append(
+            f"| {label} | " + " | ".join(percent(by_steps[s]) if s in by_steps else "" for s in steps) + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_markdown(reports: list[CheckpointReport], path: Path, figures: list[Path]) -> None:
+    parts = [
+        "# Robustness report",
+        "",
+        f"mIoU (%) on the validation images of {', '.join(sorted({r.dataset for r in reports}))} "
+        f"({', '.join(str(r.num_images) for r in reports)} images). Worst case: per image, the ensemble member "
+        "(the clean image or any suite attack at that budget) chosen greedily to minimise the dataset mIoU "
+        "(SEA, Croce et al. 2024).",
+        "",
+        markdown_table(reports),
+    ]
+    for report in reports:
+        curve = iterations_table(report)
+        if curve:
+            parts += [
+                "",
+                f"## Attack strength: mIoU (%) vs iterations, {report.method} (`{report.path.name}`)",
+                "",
+                curve,
+            ]
+    if figures:
+        parts += ["", "## Figures", ""] + [f"![{figure.stem}]({figure.name})" for figure in figures]
+    parts += ["", "## Appendix: IoU per class (%)"]
+    for report in reports:
+        parts += ["", f"### {report.method} (`{report.path}`)", "", per_class_table(report)]
+    path.write_text("\n".join(parts) + "\n")
+
+
+def write_csv(reports: list[CheckpointReport], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for report in reports:
+            for row in report.rows:
+                writer.writerow(
+                    {
+                        "checkpoint": str(report.path),
+                        "sha256": report.sha256,
+                        "method": report.method,
+                        **{key: row.get(key) for key in CSV_FIELDS[3:]},
+                    }
+                )
+
+
+def results_document(reports: list[CheckpointReport], settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "settings": settings,
+        "command": sys.argv,
+        "versions": package_versions(),
+        "checkpoints": [
+            {
+                "path": str(report.path),
+                "sha256": report.sha256,
+                "method": report.method,
+                "dataset": report.dataset,
+                "class_names": report.class_names,
+                "num_images": report.num_images,
+                "training_config": report.training,
+                "results": report.rows,
+            }
+            for report in reports
+        ],
+    }
+
+
+def write_json(document: dict[str, Any], path: Path) -> None:
+    # NaN (a class absent from both target and prediction) is written as null: strict JSON has no NaN.
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item) for item in value]
+        return value
+
+    path.write_text(json.dumps(clean(document), indent=1, allow_nan=False))

@@ -1,0 +1,148 @@
+"""The attacks of an evaluation suite (``conf/suite/*.yaml``), expanded into concrete runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from eroseg_at.attacks import available_attacks, build_attack
+from eroseg_at.attacks.base import Attack, parse_number
+
+# Keys of a suite entry that describe the entry; every other key is an argument of the attack.
+ENTRY_KEYS = ("attack", "label")
+
+
+@dataclass(frozen=True)
+class AttackRun:
+    """One attack at one budget, as a report row.
+
+    Attributes:
+        key: The suite entry's key (``pgd10``); iteration-curve runs append ``@<steps>``.
+        label: Column name in reports (``PGD10``).
+        kind: ``"attack"`` (a suite attack, worst-case member) or ``"iterations"`` (attack-strength curve).
+        attack: Registered attack name (``pgd``).
+        eps_text: The budget as configured (``"8/255"``); ``eps`` is its value.
+        params: Keyword arguments of ``build_attack`` besides ``eps`` and the dataset-derived ones.
+    """
+
+    key: str
+    label: str
+    kind: str
+    attack: str
+    eps_text: str
+    eps: float
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int | None:
+        return self.params.get("steps")
+
+
+def _entry(key: str, entry: Mapping[str, Any], where: str) -> tuple[str, str, dict[str, Any]]:
+    if not isinstance(entry, Mapping) or "attack" not in entry:
+        raise ValueError(
+            f"{where}.{key} must be a mapping with an 'attack' key (one of {available_attacks()})"
+        )
+    name = entry["attack"]
+    if name not in available_attacks():
+        raise ValueError(
+            f"{where}.{key}.attack={name!r} is not an attack; available attacks: {available_attacks()}"
+        )
+    params = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
+    if "eps" in params:
+        raise ValueError(
+            f"{where}.{key} sets eps; budgets come from the top-level eps list (or iterations.eps)"
+        )
+    return name, str(entry.get("label", key)), params
+
+
+def eps_text(value: Any) -> str:
+    return value if isinstance(value, str) else f"{float(value):g}"
+
+
+def expand_suite(suite: Mapping[str, Any], eps: Sequence[Any]) -> list[AttackRun]:
+    """Every run of ``suite``: each attack at each budget of ``eps``, then the iterations curve.
+
+    Raises:
+        ValueError: Naming the entry, for an unknown attack, a misplaced eps, or an empty eps list.
+    """
+    runs = []
+    attacks = suite.get("attacks") or {}
+    if attacks and not eps:
+        raise ValueError("eps is empty: give at least one budget, e.g. eps=[8/255]")
+    for budget in eps:
+        for key, entry in attacks.items():
+            name, label, params = _entry(key, entry, "suite.attacks")
+            runs.append(
+                AttackRun(key, label, "attack", name, eps_text(budget), parse_number(budget, "eps"), params)
+            )
+    curve = suite.get("iterations")
+    if curve:
+        budget = curve["eps"]
+        for key, entry in curve["attacks"].items():
+            name, label, params = _entry(key, entry, "suite.iterations.attacks")
+            if "steps" in params:
+                raise ValueError(
+                    f"suite.iterations.attacks.{key} sets steps; they come from iterations.steps"
+                )
+            for steps in curve["steps"]:
+                runs.append(
+                    AttackRun(
+                        f"{key}@{steps}",
+                        label,
+                        "iterations",
+                        name,
+                        eps_text(budget),
+                        parse_number(budget, "suite.iterations.eps"),
+                        {**params, "steps": int(steps)},
+                    )
+                )
+    return runs
+
+
+def worst_case_members(suite: Mapping[str, Any]) -> list[str]:
+    """Keys of the suite attacks that form the worst-case ensemble."""
+    members = suite.get("worst_case")
+    keys = list((suite.get("attacks") or {}).keys())
+    if members == "all":
+        return keys
+    members = list(members or [])
+    unknown = [member for member in members if member not in keys]
+    if unknown:
+        raise ValueError(f"suite.worst_case names {unknown}, which are not keys of suite.attacks {keys}")
+    return members
+
+
+def balanced_class_weights(frequencies: torch.Tensor) -> torch.Tensor:
+    """Inverse-frequency class weights ``1 / (C' f_c)`` over the C' classes present (0 for absent ones).
+
+    Rare classes then weigh as much in total as frequent ones, and the pixel-weighted mean weight is 1.
+
+    Shape:
+        - frequencies: ``[C]`` summing to 1; output: ``[C]`` float32.
+    """
+    present = frequencies > 0
+    weights = torch.zeros_like(frequencies, dtype=torch.float64)
+    weights[present] = 1.0 / (present.sum() * frequencies[present].double())
+    return weights.float()
+
+
+def build_run_attack(
+    run: AttackRun,
+    ignore_index: int,
+    background_class: int | None,
+    class_frequencies: torch.Tensor | None = None,
+) -> Attack:
+    """The attack of ``run`` with the dataset's ``ignore_index``, EroSeg's ``background_class`` and, for
+    APGD's ``mce_balanced`` loss, inverse-frequency class weights (unless the entry sets them)."""
+    params = dict(run.params)
+    if run.attack == "eroseg":
+        params.setdefault("background_class", background_class)
+    if params.get("loss") == "mce_balanced" and params.get("class_weights") is None:
+        if class_frequencies is None:
+            raise ValueError(f"attack {run.key}: loss mce_balanced needs class frequencies or class_weights")
+        params["class_weights"] = balanced_class_weights(class_frequencies)
+    return build_attack(run.attack, eps=run.eps_text, ignore_index=ignore_index, **params)

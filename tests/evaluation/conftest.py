@@ -1,0 +1,34 @@
+"""Evaluation test helpers: composing conf/evaluate.yaml, and one tiny trained checkpoint per session."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from eroseg_at.training.runner import train
+from tests.conftest import CONF_DIR, TINY_SHAPES, compose_train_config
+
+
+def compose_evaluate_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
+    """``conf/evaluate.yaml`` with ``overrides`` as ``python evaluate.py`` sees it, W&B disabled."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            config_name="evaluate",
+            overrides=["logger.mode=disabled", *overrides, f"output_dir={output_dir}"],
+        )
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """The checkpoint directory of a one-epoch standard training run on tiny shapes (best + last)."""
+    output_dir = tmp_path_factory.mktemp("train")
+    cfg = compose_train_config(
+        [*TINY_SHAPES, "logger=none", "schedule.max_epochs=1", "validation.attack_batches=1"],
+        output_dir=output_dir,
+    )
+    result = train(cfg)
+    return result.last_checkpoint.parent

@@ -1,0 +1,183 @@
+"""End to end: a tiny trained checkpoint in, a parseable robustness report out; bad checkpoints refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from eroseg_at.evaluation import evaluate
+from eroseg_at.evaluation.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_paths
+from eroseg_at.training.runner import CONFIG_KEY
+from tests.conftest import REPO_ROOT
+from tests.evaluation.conftest import compose_evaluate_config
+
+# One batch of four 64x64 images keeps a suite of a few 3-step attacks within seconds.
+SMALL = ("max_batches=1", "+dataset.val_batch_size=4", "example_images=2")
+
+
+@pytest.fixture(scope="module")
+def quick_report(trained_run, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("evaluate")
+    cfg = compose_evaluate_config(
+        [f"ckpt_path={trained_run / 'last.ckpt'}", "suite=quick", *SMALL], output_dir
+    )
+    return evaluate(cfg)
+
+
+def test_report_files_exist_and_parse(quick_report):
+    files = quick_report.files
+    for name in (
+        "results.json",
+        "results.csv",
+        "results.md",
+        "miou_vs_eps.png",
+        "miou_vs_iterations.png",
+        "examples_0.png",
+    ):
+        assert files[name].is_file() and files[name].stat().st_size > 0, name
+    document = json.loads(files["results.json"].read_text())
+    (checkpoint,) = document["checkpoints"]
+    assert checkpoint["sha256"] == load_checkpoint(checkpoint["path"]).sha256
+    assert checkpoint["method"] == "standard" and checkpoint["num_images"] == 4
+    assert set(document["versions"]) >= {"torch", "lightning", "segmentation-models-pytorch", "python"}
+    attack_rows = [row for row in checkpoint["results"] if row["kind"] == "attack"]
+    assert {(row["key"], row["eps_text"]) for row in attack_rows} == {
+        (key, eps) for key in ("pgd3", "segpgd3", "eroseg3") for eps in ("4/255", "8/255")
+    }
+    for row in attack_rows:
+        assert row["parameters"]["eps"] == pytest.approx(row["eps"]) and row["steps"] == 3
+        assert len(row["iou_per_class"]) == 7
+    with files["results.csv"].open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(checkpoint["results"])
+    table = files["results.md"].read_text()
+    assert "| standard |" in table and "worst case @8/255" in table and "## Appendix" in table
+
+
+def test_robust_scores_do_not_exceed_clean_and_worst_case_bounds_every_attack(quick_report):
+    (report,) = quick_report.reports
+    clean = next(row for row in report.rows if row["kind"] == "clean")
+    for budget in ("4/255", "8/255"):
+        singles = [row for row in report.rows if row["kind"] == "attack" and row["eps_text"] == budget]
+        (worst,) = [row for row in report.rows if row["kind"] == "worst_case" and row["eps_text"] == budget]
+        assert worst["members"] == ["clean", "pgd3", "segpgd3", "eroseg3"]
+        for row in singles:
+            assert row["pixel_accuracy"] <= clean["pixel_accuracy"] + 1e-9
+            assert worst["miou"] <= row["miou"] + 1e-12
+            assert all(
+                w <= s + 1e-12
+                for w, s in zip(
+                    worst["per_image_pixel_accuracy"], row["per_image_pixel_accuracy"], strict=True
+                )
+            )
+        assert worst["miou"] <= clean["miou"] + 1e-12
+        assert worst["pixel_accuracy"] <= min(row["pixel_accuracy"] for row in singles) + 1e-12
+
+
+def test_worst_case_miou_matches_its_per_image_choice(quick_report):
+    (report,) = quick_report.reports
+    (worst,) = [row for row in report.rows if row["kind"] == "worst_case" and row["eps_text"] == "8/255"]
+    assert len(worst["miou_choice"]) == report.num_images
+    assert set(worst["miou_choice"]) <= set(worst["members"])
+    # The iteration curve is reported but never enters the worst case.
+    assert not any("@" in member for member in worst["members"])
+    assert {row["steps"] for row in report.rows if row["kind"] == "iterations"} == {1, 2}
+
+
+def save_modified(source, target, change):
+    payload = torch.load(source, map_location="cpu", weights_only=True)
+    change(payload)
+    torch.save(payload, target)
+    return target
+
+
+class Tampered:
+    """Any class instance: weights_only loading must refuse to unpickle it."""
+
+
+def test_tampered_checkpoint_with_a_pickled_object_is_refused(trained_run, tmp_path):
+    path = save_modified(
+        trained_run / "last.ckpt",
+        tmp_path / "tampered.ckpt",
+        lambda payload: payload.update(payload=Tampered()),
+    )
+    with pytest.raises(CheckpointError, match=r"tampered\.ckpt.*weights_only"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "message"), [("state_dict", "no 'state_dict'"), (CONFIG_KEY, "no training config")]
+)
+def test_checkpoint_without_a_required_key_is_refused(trained_run, tmp_path, key, message):
+    path = save_modified(
+        trained_run / "last.ckpt", tmp_path / "foreign.ckpt", lambda payload: payload.pop(key)
+    )
+    with pytest.raises(CheckpointError, match=rf"foreign\.ckpt.*{message}"):
+        load_checkpoint(path)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "notes.ckpt"
+    path.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"notes\.ckpt"):
+        load_checkpoint(path)
+
+
+def test_class_count_mismatch_is_refused(trained_run, tmp_path):
+    def five_classes(payload):
+        payload[CONFIG_KEY]["model"]["num_classes"] = 5
+
+    path = save_modified(trained_run / "last.ckpt", tmp_path / "five.ckpt", five_classes)
+    cfg = compose_evaluate_config([f"ckpt_path={path}", "suite=quick", *SMALL], tmp_path / "out")
+    with pytest.raises(CheckpointError, match=r"five\.ckpt.*predicts 5 classes but dataset 'shapes' has 7"):
+        evaluate(cfg)
+
+
+def test_glob_matching_nothing_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match=r"matches no file"):
+        resolve_checkpoint_paths(str(tmp_path / "**" / "*.ckpt"))
+
+
+# The quick suite at one budget, no curve and no example grid: two passes of one batch per attack.
+MINIMAL = (*SMALL, "suite=quick", "eps=[8/255]", "suite.iterations=null", "example_images=0")
+
+
+def test_a_glob_of_several_checkpoints_gives_one_row_each(trained_run, tmp_path):
+    checkpoints = sorted(trained_run.glob("*.ckpt"))
+    assert len(checkpoints) == 2
+    result = evaluate(compose_evaluate_config([f"ckpt_path={trained_run}/*.ckpt", *MINIMAL], tmp_path))
+    assert [report.path for report in result.reports] == checkpoints
+    table = result.files["results.md"].read_text()
+    assert [
+        line.count("`best-epoch") + line.count("`last.ckpt`")
+        for line in table.splitlines()
+        if line.startswith("| standard |")
+    ] == [1, 1]
+
+
+@pytest.mark.slow
+def test_make_eval_with_a_glob_gives_one_row_per_checkpoint(trained_run, tmp_path):
+    checkpoints = sorted(trained_run.glob("*.ckpt"))
+    args = " ".join([*MINIMAL, "logger.mode=disabled", f"output_dir={tmp_path}"])
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    # The stamp target would reinstall the venv; make's -o treats it as up to date.
+    completed = subprocess.run(
+        ["make", "-o", ".venv/.installed", "eval", f"CKPT={trained_run}/*.ckpt", f"ARGS={args}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    table = (tmp_path / "results.md").read_text()
+    for checkpoint in checkpoints:
+        assert f"`{checkpoint.name}`" in table
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(c["path"] for c in document["checkpoints"]) == [str(c) for c in checkpoints]
