@@ -1,0 +1,149 @@
+"""Cost of one adversarial-training step against its floor, measured in one run.
+
+An AT step with a K-step attack cannot cost less than K attack iterations (forward +
+input-gradient backward, model in eval mode) plus one ordinary training step over the
+images it trains on. This script times, interleaved over ``--repeats`` rounds (median):
+
+- ``attack iteration``: forward + ``torch.autograd.grad`` w.r.t. the input on B images;
+- ``clean step (N)``: forward + backward + optimizer step on N images;
+- ``AT step``: the real ``SegmentationModule.training_step`` + backward + optimizer step.
+
+The floor is ``K × attack iteration + clean step (N)``, where N is the number of images
+the AT objective trains on: 2B for ``clean_plus_adv`` (EroSeg-AT's CE(x) + CE(x_adv), one
+forward over the clean and adversarial batch) and B for ``half_adv`` (SegPGD-AT).
+
+Usage:
+    python benchmarks/at_step.py                          # Unet-resnet18, 8x3x128x128, EroSeg, K=3, CPU
+    python benchmarks/at_step.py --steps 7 --attack pgd
+    python benchmarks/at_step.py --batch 2 --size 64 --repeats 1   # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from eroseg_at.attacks import available_attacks, build_attack
+from eroseg_at.models import build_model
+from eroseg_at.training.module import AdversarialTrainingConfig, SegmentationModule
+
+IGNORE_INDEX = 255
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="unet")
+    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--num-classes", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3, help="attack iterations K")
+    parser.add_argument("--attack", default="eroseg", choices=available_attacks())
+    parser.add_argument("--objectives", nargs="+", default=["clean_plus_adv", "half_adv"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    return parser.parse_args()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(args.model, args.num_classes, encoder=args.encoder).to(device)
+    images = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    labels = torch.randint(0, args.num_classes, (args.batch, args.size, args.size), device=device)
+    labels[:, :4] = IGNORE_INDEX
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    modules = {
+        objective: SegmentationModule(
+            model,
+            args.num_classes,
+            [str(c) for c in range(args.num_classes)],
+            train_attack=build_attack(args.attack, steps=args.steps),
+            adversarial=AdversarialTrainingConfig(objective=objective),
+        )
+        for objective in args.objectives
+    }
+
+    def attack_iteration() -> None:
+        model.eval()
+        x = images.clone().requires_grad_(True)
+        loss = F.cross_entropy(model(x), labels, ignore_index=IGNORE_INDEX)
+        torch.autograd.grad(loss, x)
+        model.train()
+
+    def clean_step(n: int) -> Callable[[], None]:
+        batch_images = images.repeat(n // args.batch, 1, 1, 1)
+        batch_labels = labels.repeat(n // args.batch, 1, 1)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(batch_images), batch_labels, ignore_index=IGNORE_INDEX).backward()
+            optimizer.step()
+
+        return step
+
+    def at_step(module: SegmentationModule) -> Callable[[], None]:
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            module.training_step((images, labels), 0).backward()
+            optimizer.step()
+
+        return step
+
+    entries: dict[str, Callable[[], None]] = {
+        "attack iteration": attack_iteration,
+        "clean step (B)": clean_step(args.batch),
+        "clean step (2B)": clean_step(2 * args.batch),
+        **{f"AT step {objective}": at_step(module) for objective, module in modules.items()},
+    }
+    model.train()
+    times: dict[str, list[float]] = {name: [] for name in entries}
+    with warnings.catch_warnings():
+        # SegmentationModule.log() outside a Trainer only warns; the step itself is what we time.
+        warnings.simplefilter("ignore")
+        for fn in entries.values():  # warm-up
+            fn()
+        for _ in range(args.repeats):
+            for name, fn in entries.items():
+                synchronize(device)
+                start = time.perf_counter()
+                fn()
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(values) for name, values in times.items()}
+
+    print(
+        f"{args.model}-{args.encoder}, batch B={args.batch}, {args.size}x{args.size}, attack={args.attack}, "
+        f"K={args.steps}, device={device}, threads={torch.get_num_threads()}, repeats={args.repeats} (median)"
+    )
+    for name in ("attack iteration", "clean step (B)", "clean step (2B)"):
+        print(f"  {name:<18} {1000 * median[name]:9.1f} ms")
+    print(f"\n| objective | AT step (ms) | floor (ms) | AT step / floor | AT step / clean step (B) |")
+    print("|---|---:|---:|---:|---:|")
+    for objective in args.objectives:
+        trained = "clean step (2B)" if objective == "clean_plus_adv" else "clean step (B)"
+        floor = args.steps * median["attack iteration"] + median[trained]
+        at = median[f"AT step {objective}"]
+        print(
+            f"| {objective} | {1000 * at:.1f} | {1000 * floor:.1f} (K x iter + {trained}) | {at / floor:.3f} | "
+            f"{at / median['clean step (B)']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
