@@ -1,0 +1,69 @@
+"""Callbacks: the config stored in checkpoints, the IoU table, the W&B example panels."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from rich.console import Console
+
+from eroseg_at.training.callbacks import WandbExamplePanels, amplified_perturbation, iou_table
+
+
+def test_amplified_perturbation_maps_the_largest_change_to_the_range_ends():
+    clean = torch.full((3, 2, 2), 0.5)
+    adversarial = clean.clone()
+    adversarial[0, 0, 0] += 0.02
+    adversarial[1, 1, 1] -= 0.01
+    amplified = amplified_perturbation(clean, adversarial)
+    assert amplified[0, 0, 0] == 1.0
+    assert amplified[1, 1, 1] == 0.25
+    assert amplified[2, 0, 0] == 0.5
+
+
+def test_iou_table_marks_absent_classes_and_shows_every_attack():
+    scores = {
+        "clean": {"iou_per_class": torch.tensor([0.9, float("nan")]), "miou": torch.tensor(0.9)},
+        "pgd10": {"iou_per_class": torch.tensor([0.2, float("nan")]), "miou": torch.tensor(0.2)},
+    }
+    console = Console(record=True, width=120)
+    console.print(iou_table(scores, ["background", "disc"]))
+    text = console.export_text()
+    assert "absent" in text and "90.0" in text and "20.0" in text and "pgd10" in text
+
+
+def test_wandb_panels_log_images_with_class_masks(tmp_path):
+    logger = WandbLogger(project="eroseg-at-test", save_dir=str(tmp_path), offline=True)
+    images = torch.rand(2, 3, 8, 8)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    labels[:, 0] = 255
+    module = SimpleNamespace(
+        class_names=["background", "disc", "square"],
+        ignore_index=255,
+        val_examples={
+            "images": images,
+            "labels": labels,
+            "clean_pred": labels.clamp(max=2),
+            "attack": "pgd10",
+            "adv_images": (images + 0.03).clamp(0, 1),
+            "adv_pred": torch.randint(0, 3, (2, 8, 8)),
+        },
+    )
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, loggers=[logger], current_epoch=3)
+    try:
+        WandbExamplePanels().on_validation_epoch_end(trainer, module)
+        run_dir = tmp_path / "wandb"
+        media = list(run_dir.rglob("media/images/**/*.png"))
+    finally:
+        import wandb
+
+        wandb.finish()
+    names = " ".join(path.name for path in media)
+    # 2 clean + 2 adversarial + 2 perturbation images, and ground-truth/prediction masks for 4 of them
+    # (W&B stores identical masks once, so every mask here differs).
+    assert names.count("examples_clean") >= 2
+    assert names.count("examples_pgd10") >= 2
+    assert names.count("perturbation_pgd10") >= 2
+    masks = [path for path in media if "mask" in str(path.parent)]
+    assert len(masks) >= 8
