@@ -92,8 +92,8 @@ class ShapesDataset(SegmentationSource):
         num_images: int = 1000,
         image_size: int | Sequence[int] = (128, 128),
         seed: int = 0,
-        objects_per_image: Sequence[int] = (2, 5),
-        radius_range: Sequence[float] = (0.1, 0.25),
+        objects_per_image: Sequence[int] = (1, 4),
+        radius_range: Sequence[float] = (0.15, 0.3),
         ignore_band: int = 1,
         ignore_index: int = 255,
     ) -> None:
@@ -190,9 +190,9 @@ def _textured_fill(
         angle = rng.uniform(0, np.pi)
         period = rng.uniform(4, 12)
         stripes = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)
-        canvas += rng.uniform(20, 50) * stripes[..., None]
+        canvas += rng.uniform(15, 35) * stripes[..., None]
     elif texture == 2:
-        canvas += rng.normal(0, rng.uniform(8, 25), size=(height, width, 1)).astype(np.float32)
+        canvas += rng.normal(0, rng.uniform(5, 15), size=(height, width, 1)).astype(np.float32)
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
