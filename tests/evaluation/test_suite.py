@@ -1,0 +1,97 @@
+"""Suites: every conf/suite option expands into buildable attacks; bad entries are refused by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from eroseg_at.attacks import available_attacks
+from eroseg_at.evaluation.suite import (
+    balanced_class_weights,
+    build_run_attack,
+    expand_suite,
+    worst_case_members,
+)
+from tests.conftest import CONF_DIR
+from tests.evaluation.conftest import compose_evaluate_config
+
+SUITES = sorted(path.stem for path in (CONF_DIR / "suite").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_suite_option_expands_into_buildable_attacks(suite, tmp_path):
+    cfg = compose_evaluate_config(["ckpt_path=unused.ckpt", f"suite={suite}"], tmp_path)
+    spec = OmegaConf.to_container(cfg.suite, resolve=True)
+    runs = expand_suite(spec, list(cfg.eps))
+    assert runs
+    for run in runs:
+        attack = build_run_attack(run, 255, background_class=0, class_frequencies=torch.full((7,), 1 / 7))
+        assert attack.eps == pytest.approx(run.eps) and attack.steps == run.steps
+    assert set(worst_case_members(spec)) <= set(spec["attacks"])
+
+
+def test_paper_suite_is_the_papers_protocol(tmp_path):
+    cfg = compose_evaluate_config(["ckpt_path=unused.ckpt", "suite=paper"], tmp_path)
+    runs = {run.key: run for run in expand_suite(OmegaConf.to_container(cfg.suite), list(cfg.eps))}
+    for key, attack, steps in (("cw", "cw", 10), ("pgd10", "pgd", 10), ("pgd20", "pgd", 20)):
+        assert (runs[key].attack, runs[key].steps, runs[key].eps_text, runs[key].params["alpha"]) == (
+            attack,
+            steps,
+            "8/255",
+            0.01,
+        )
+
+
+def test_full_suite_covers_every_registered_attack(tmp_path):
+    cfg = compose_evaluate_config(["ckpt_path=unused.ckpt", "suite=full"], tmp_path)
+    runs = expand_suite(OmegaConf.to_container(cfg.suite), list(cfg.eps))
+    assert {run.attack for run in runs if run.kind == "attack"} == set(available_attacks())
+    assert sorted({run.steps for run in runs if run.kind == "iterations"}) == [1, 3, 5, 7, 10, 20, 50]
+
+
+def test_eps_override_from_the_command_line_is_parsed(tmp_path):
+    cfg = compose_evaluate_config(["ckpt_path=unused.ckpt", "suite=paper", "eps=[2/255,0.02]"], tmp_path)
+    runs = expand_suite(OmegaConf.to_container(cfg.suite), list(cfg.eps))
+    assert sorted({run.eps for run in runs}) == pytest.approx([2 / 255, 0.02])
+
+
+@pytest.mark.parametrize(
+    ("suite", "message"),
+    [
+        ({"attacks": {"x": {"attack": "fgsm"}}}, r"suite.attacks.x.attack='fgsm' is not an attack"),
+        ({"attacks": {"x": {"steps": 3}}}, r"suite.attacks.x must be a mapping with an 'attack' key"),
+        ({"attacks": {"x": {"attack": "pgd", "eps": 0.1}}}, "suite.attacks.x sets eps"),
+        (
+            {"iterations": {"eps": "8/255", "steps": [1], "attacks": {"p": {"attack": "pgd", "steps": 3}}}},
+            "suite.iterations.attacks.p sets steps",
+        ),
+    ],
+)
+def test_bad_suite_entries_are_refused_by_name(suite, message):
+    with pytest.raises(ValueError, match=message):
+        expand_suite(suite, ["8/255"])
+
+
+def test_worst_case_members_must_be_suite_attacks():
+    with pytest.raises(ValueError, match=r"suite.worst_case names \['pgd99'\]"):
+        worst_case_members({"attacks": {"pgd10": {"attack": "pgd"}}, "worst_case": ["pgd99"]})
+
+
+def test_balanced_weights_give_rare_classes_the_weight_of_frequent_ones():
+    frequencies = torch.tensor([0.7, 0.2, 0.1, 0.0], dtype=torch.float64)
+    weights = balanced_class_weights(frequencies)
+    assert weights[3] == 0
+    # Each present class carries the same total weight, and the pixel-weighted mean weight is 1.
+    assert torch.allclose(weights[:3] * frequencies[:3].float(), torch.full((3,), 1 / 3))
+    assert float((weights.double() * frequencies).sum()) == pytest.approx(1.0)
+
+
+def test_dataset_settings_reach_the_attacks():
+    (eroseg,) = expand_suite({"attacks": {"e": {"attack": "eroseg", "steps": 2}}}, ["4/255"])
+    assert build_run_attack(eroseg, ignore_index=254, background_class=None).background_class is None
+    (apgd,) = expand_suite(
+        {"attacks": {"a": {"attack": "apgd", "steps": 2, "loss": "mce_balanced"}}}, ["4/255"]
+    )
+    attack = build_run_attack(apgd, 255, 0, class_frequencies=torch.tensor([0.5, 0.5]))
+    assert attack.ignore_index == 255 and torch.allclose(attack.class_weights, torch.ones(2))
