@@ -41,7 +41,7 @@ def main() -> int:
     print(f"victim: clean mIoU {mean_iou(model, images, masks):.2f} on {len(images)} shapes images")
     print(f"eps {args.eps:.5f}, alpha {args.alpha}, {args.steps} steps, seed {args.seed}")
     print(
-        f"| {'ours':<7} | {'peer':<20} | {'ours mIoU':>9} | {'peer mIoU':>9} | {'|diff|':>6} | {'max |x diff|':>12} |"
+        f"| {'ours':<7} | {'peer':<20} | {'ours mIoU':>9} | {'peer mIoU':>9} | {'|diff|':>6} | {'% x differ':>12} |"
     )
     print(f"|{'-' * 9}|{'-' * 22}|{'-' * 10}:|{'-' * 10}:|{'-' * 7}:|{'-' * 13}:|")
     failures = []
@@ -56,10 +56,11 @@ def main() -> int:
             mean_iou(model, peer_adversarial, masks),
         )
         difference = abs(ours_miou - peer_miou)
-        max_pixel_difference = (ours_adversarial - peer_adversarial).abs().max().item()
+        # Sign steps of near-zero gradients can differ by rounding (the losses are scaled differently).
+        differing = ((ours_adversarial - peer_adversarial).abs() > 1e-6).float().mean().item()
         print(
             f"| {ours:<7} | {peer:<20} | {ours_miou:>9.2f} | {peer_miou:>9.2f} | {difference:>6.2f} "
-            f"| {max_pixel_difference:>12.2e} |"
+            f"| {100 * differing:>12.3f} |"
         )
         if difference > args.tolerance:
             failures.append(f"{ours} vs {peer}: {difference:.2f} mIoU points")

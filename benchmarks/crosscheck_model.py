@@ -1,7 +1,8 @@
 """The victim model of the attack strength test and the cross-checks: Unet-resnet18 trained on ``shapes``.
 
-Training takes a few minutes on CPU, so the weights are cached under ``.cache/attack_victims/`` keyed by a
-hash of every training setting (and the torch version); a changed setting trains a new model.
+Training takes minutes on CPU, so the weights are cached under ``.cache/attack_victims/`` keyed by a hash
+of every training setting, the torch version and the generated training data itself (so a change of the
+``shapes`` generator also trains a new model).
 """
 
 from __future__ import annotations
@@ -59,11 +60,14 @@ def mean_iou(
     return 100 * metric.compute().item()
 
 
-def train(settings: dict, log: bool = True) -> torch.nn.Module:
-    """Trains the victim model from scratch with a plain PyTorch loop (Adam, cross-entropy)."""
+def train(settings: dict, images: torch.Tensor, masks: torch.Tensor, log: bool = True) -> torch.nn.Module:
+    """Trains the victim model from scratch with a plain PyTorch loop (Adam, one-cycle, cross-entropy).
+
+    Shape:
+        images: [N, 3, S, S] float in [0, 1]; masks: [N, S, S] int64.
+    """
     torch.manual_seed(settings["init_seed"])
     model = build_model(settings["model"], num_classes=ShapesDataset.num_classes, encoder=settings["encoder"])
-    images, masks = shapes_tensors(settings["train_images"], settings["image_size"], settings["train_seed"])
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["learning_rate"])
     steps_per_epoch = len(images) // settings["batch_size"]
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -101,10 +105,11 @@ def trained_shapes_model(**overrides) -> tuple[torch.nn.Module, torch.Tensor, to
     unknown = set(settings) - set(DEFAULT_SETTINGS)
     if unknown:
         raise ValueError(f"unknown victim settings {sorted(unknown)}; valid: {sorted(DEFAULT_SETTINGS)}")
-    key = hashlib.sha256(
-        json.dumps({**settings, "torch": torch.__version__}, sort_keys=True).encode()
-    ).hexdigest()
-    path = REPO / ".cache" / "attack_victims" / f"{key[:16]}.pt"
+    images, masks = shapes_tensors(settings["train_images"], settings["image_size"], settings["train_seed"])
+    key = hashlib.sha256(json.dumps({**settings, "torch": torch.__version__}, sort_keys=True).encode())
+    key.update(images.numpy().tobytes())
+    key.update(masks.numpy().tobytes())
+    path = REPO / ".cache" / "attack_victims" / f"{key.hexdigest()[:16]}.pt"
     if path.is_file():
         model = build_model(
             settings["model"], num_classes=ShapesDataset.num_classes, encoder=settings["encoder"]
@@ -112,7 +117,7 @@ def trained_shapes_model(**overrides) -> tuple[torch.nn.Module, torch.Tensor, to
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         model.eval()
     else:
-        model = train(settings)
+        model = train(settings, images, masks)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)
     val_images, val_masks = shapes_tensors(
