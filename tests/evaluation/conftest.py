@@ -27,7 +27,7 @@ def trained_run(tmp_path_factory) -> Path:
     """The checkpoint directory of a one-epoch standard training run on tiny shapes (best + last)."""
     output_dir = tmp_path_factory.mktemp("train")
     cfg = compose_train_config(
-        [*TINY_SHAPES, "logger=none", "schedule.max_epochs=1", "validation.attack_batches=1"],
+        [*TINY_SHAPES, "logger=none", "schedule.max_epochs=1", "validation.attacks=null"],
         output_dir=output_dir,
     )
     result = train(cfg)
