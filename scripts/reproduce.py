@@ -303,7 +303,7 @@ def findings(
         lines.append(line + ".")
     for name, values in means.items():
         lines.append(
-            f"- {name}: the worst case is {values['PGD20'] - values['worst case']:.1f} mIoU points below PGD20 "
+            f"- {name}: the worst case is {values['pgd20'] - values['worst_case']:.1f} mIoU points below PGD20 "
             "(how much the paper's protocol alone overestimates robustness here)."
         )
     return "\n".join(lines)
