@@ -23,7 +23,7 @@ def label_mapping(ignore_index: int = 255) -> LabelMapping:
 
 def ade20k(root: str | Path, split: str = "training") -> PairedFilesSource:
     """A split (``training`` or ``validation``) of ADE20K."""
-    root = Path(root)
+    root = Path(root).expanduser()
     if (root / "ADEChallengeData2016").is_dir():
         root = root / "ADEChallengeData2016"
     image_dir = require_directory(root / "images" / split, "ade20k", ADE20K_LAYOUT)

@@ -32,7 +32,7 @@ def cityscapes(root: str | Path, split: str = "train", annotations: str = "gtFin
         split: ``train``, ``val`` (or ``train_extra`` with ``annotations=gtCoarse``).
         annotations: ``gtFine`` or ``gtCoarse``.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     require_directory(root, "cityscapes", CITYSCAPES_LAYOUT)
     image_dir = require_directory(root / "leftImg8bit" / split, "cityscapes", CITYSCAPES_LAYOUT)
     label_dir = require_directory(root / annotations / split, "cityscapes", CITYSCAPES_LAYOUT)

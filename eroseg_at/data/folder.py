@@ -63,7 +63,7 @@ def folder(
         images: image directory name under ``root``.
         masks: mask directory name under ``root``.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     image_dir = require_directory(root / images, "folder", FOLDER_LAYOUT)
     mask_dir = require_directory(root / masks, "folder", FOLDER_LAYOUT)
     if not 1 <= num_classes <= 255 or 0 <= ignore_index < num_classes:

@@ -28,7 +28,7 @@ VOC_AUG_LAYOUT = """\
 
 def voc_directory(root: str | Path, layout: str = VOC_LAYOUT) -> Path:
     """The ``VOC2012`` directory, given either ``VOCdevkit`` or ``VOC2012`` itself."""
-    root = Path(root)
+    root = Path(root).expanduser()
     for candidate in (root / "VOC2012", root):
         if (candidate / "JPEGImages").is_dir():
             return candidate
