@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from eroseg_at.data.class_frequencies import cache_path
+from eroseg_at.data.errors import DatasetError
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 USAGE = "usage: python -m eroseg_at.data.stats dataset=<name> [dataset.root=DIR] [dataset.<key>=<value> ...]"
@@ -40,7 +41,10 @@ def compose_dataset_config(
 def main(argv: Sequence[str] | None = None) -> None:
     """Compute (or read) and print the class frequencies of a dataset's training split."""
     datamodule = instantiate(compose_dataset_config(sys.argv[1:] if argv is None else argv))
-    frequencies = datamodule.class_frequencies()
+    try:
+        frequencies = datamodule.class_frequencies()
+    except DatasetError as error:
+        raise SystemExit(f"error: {error}") from error
     width = max(len(class_name) for class_name in datamodule.class_names)
     for index, (class_name, frequency) in enumerate(
         zip(datamodule.class_names, frequencies.tolist(), strict=True)

@@ -175,3 +175,10 @@ def test_each_worker_draws_its_own_augmentations():
     datamodule.train_set = dataset
     images = torch.cat([batch[0] for batch in datamodule.train_dataloader()])
     assert all(not torch.equal(images[i], images[j]) for i in range(len(images)) for j in range(i))
+
+
+def test_stats_command_on_a_missing_root_exits_with_the_layout(tmp_path):
+    with pytest.raises(SystemExit, match="error: voc: no VOC2012/JPEGImages .*Expected layout"):
+        stats_main(
+            ["dataset=voc", f"dataset.root={tmp_path / 'absent'}", f"dataset.stats_cache_dir={tmp_path}"]
+        )
