@@ -87,9 +87,9 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def read_label(path: Path) -> np.ndarray:
-    """Single-channel label image as an integer ``[H, W]`` array (palette indices for palette PNGs)."""
+    """Single-channel label image as an ``[H, W]`` array (palette indices for palette PNGs, 0/1 for 1-bit)."""
     image = open_image(path)
-    if image.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+    if image.mode not in ("1", "P", "L", "I", "I;16", "I;16B", "I;16L"):
         raise DatasetError(
             f"{path}: mask has mode {image.mode} with {len(image.getbands())} channels; "
             "expected a single-channel (grayscale or palette) image of class indices"

@@ -130,3 +130,9 @@ def test_folder_reads_16_bit_masks(tmp_path, build_datamodule):
         "folder", f"dataset.root={root}", "dataset.num_classes=3", "dataset.train_source.val_fraction=0"
     )
     np.testing.assert_array_equal(datamodule.source("train").load_mask(0), mask.astype(np.uint8))
+
+
+def test_folder_reads_1_bit_masks_as_classes_0_and_1(build_folder, folder_root):
+    Image.fromarray(label_blocks([0, 1]).astype(bool)).save(folder_root / "masks" / "tile_000.png")
+    source = build_folder("dataset.train_source.val_fraction=0").source("train")
+    assert stripe_values(source.load_mask(0)) == [0, 1]
