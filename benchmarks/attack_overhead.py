@@ -94,6 +94,8 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
+            if any(module.training for module in model.modules()):
+                raise RuntimeError(f"{name} left the model in training mode")
 
     floor = statistics.median(times["floor"])
     print(

@@ -51,6 +51,8 @@ def main() -> int:
         peer_adversarial = run(
             model, images, masks, eps=args.eps, alpha=args.alpha, steps=args.steps, seed=args.seed
         )
+        if any(module.training for module in model.modules()):
+            raise RuntimeError(f"{peer} left the victim in training mode")
         ours_miou, peer_miou = (
             mean_iou(model, ours_adversarial, masks),
             mean_iou(model, peer_adversarial, masks),

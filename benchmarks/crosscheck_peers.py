@@ -44,9 +44,10 @@ def torchattacks_pgd(
     import torchattacks
 
     valid = labels != IGNORE_INDEX
-    attack = torchattacks.PGD(
-        ValidPixelClassifier(model, valid), eps=eps, alpha=alpha, steps=steps, random_start=True
-    )
+    # torchattacks restores the wrapper's own mode after attacking, recursively: a new module is in training
+    # mode, which would leave the victim's BatchNorm in training mode.
+    classifier = ValidPixelClassifier(model, valid).train(model.training)
+    attack = torchattacks.PGD(classifier, eps=eps, alpha=alpha, steps=steps, random_start=True)
     torch.manual_seed(seed)
     return attack(images, labels[valid])
 
