@@ -34,7 +34,7 @@ def test_iou_table_marks_absent_classes_and_shows_every_attack():
 
 
 def test_wandb_panels_log_images_with_class_masks(tmp_path):
-    logger = WandbLogger(project="eroseg-at-test", save_dir=str(tmp_path), offline=True)
+    logger = WandbLogger(project="eroseg-at-test", save_dir=str(tmp_path), offline=True, mode="offline")
     images = torch.rand(2, 3, 8, 8)
     labels = torch.randint(0, 3, (2, 8, 8))
     labels[:, 0] = 255

@@ -144,6 +144,10 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[Callback]:
 def build_logger(cfg: DictConfig) -> Any:
     if not has_target(cfg.get("logger")):
         return False
+    if cfg.logger._target_.endswith("WandbLogger"):
+        # Lightning's offline flag only sets WANDB_MODE, which a W&B setup made earlier in
+        # the same process (a multirun, a notebook) ignores: pass the mode to wandb.init too.
+        return instantiate(cfg.logger, mode="offline" if cfg.logger.offline else "online")
     return instantiate(cfg.logger)
 
 
