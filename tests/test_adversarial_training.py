@@ -94,7 +94,7 @@ def test_eps_ramps_linearly_over_the_warmup_epochs(tiny_train_config, tmp_path):
     )
     attack = RecordingAttack(eps=full)
     module.train_attack, module._train_attack_eps = attack, full
-    fit(module, datamodule, tmp_path, max_epochs=2, limit_train_batches=1)
+    fit(module, datamodule, tmp_path, max_epochs=2, limit_train_batches=1, limit_val_batches=0)
     assert [call["eps"] for call in attack.calls] == pytest.approx([full / 4, full / 2])
 
 
