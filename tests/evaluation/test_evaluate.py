@@ -144,8 +144,17 @@ def test_glob_matching_nothing_is_refused(tmp_path):
         resolve_checkpoint_paths(str(tmp_path / "**" / "*.ckpt"))
 
 
-# The quick suite at one budget, no curve and no example grid: two passes of one batch per attack.
-MINIMAL = (*SMALL, "suite=quick", "eps=[8/255]", "suite.iterations=null", "example_images=0")
+# One 1-step PGD at one budget, no curve and no example grid: the cheapest complete report.
+MINIMAL = (
+    *SMALL,
+    "suite=quick",
+    "eps=[8/255]",
+    "~suite.attacks.segpgd3",
+    "~suite.attacks.eroseg3",
+    "suite.attacks.pgd3.steps=1",
+    "suite.iterations=null",
+    "example_images=0",
+)
 
 
 def test_a_glob_of_several_checkpoints_gives_one_row_each(trained_run, tmp_path):
