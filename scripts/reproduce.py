@@ -25,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from eroseg_at.evaluation import evaluate  # noqa: E402
+from eroseg_at.evaluation.report import iterations_table  # noqa: E402
 from eroseg_at.training.runner import train  # noqa: E402
 
 CONF_DIR = REPO_ROOT / "conf"
@@ -248,22 +249,12 @@ def write_results(args, argv, output_dir, checkpoints, by_path, seeds, curve, gr
         apgd_steps=args.apgd_steps,
         table="\n".join(rows),
         per_seed="\n".join(per_seed),
-        curve=iteration_table(curve.reports[0]),
+        curve=iterations_table(curve.reports[0]),
         findings=findings(means, halves, mean(foreground)),
         first_seed=args.seeds[0],
         output_dir=output_dir,
     )
     (args.docs / "RESULTS.md").write_text(text)
-
-
-def iteration_table(report) -> str:
-    rows = [row for row in report.rows if row["kind"] == "iterations"]
-    steps = sorted({row["steps"] for row in rows})
-    lines = ["| attack | " + " | ".join(map(str, steps)) + " |", "|---|" + "---:|" * len(steps)]
-    for label in dict.fromkeys(row["label"] for row in rows):
-        values = {row["steps"]: row["miou"] for row in rows if row["label"] == label}
-        lines.append(f"| {label} | " + " | ".join(f"{100 * values[s]:.1f}" for s in steps) + " |")
-    return "\n".join(lines)
 
 
 def foreground_iou(report) -> float:
