@@ -33,8 +33,8 @@ train-clean: $(STAMP) ## Standard (non-adversarial) training of the default mode
 test: $(STAMP) ## Run the default test suite (everything not marked slow)
 	$(PY) -m pytest
 
-test-slow: $(STAMP) ## Run the slow tests (attack strength, cross-checks, end-to-end training)
-	$(PY) -m pytest -m slow
+test-slow: $(STAMP) ## Run the slow tests (attack strength, cross-checks, end-to-end training), printing their figures
+	$(PY) -m pytest -m slow -s
 
 lint: $(STAMP) ## ruff check and format check
 	$(PY) -m ruff check .
@@ -52,6 +52,8 @@ reproduce: $(STAMP) ## Small-scale reproduction of the paper's table on shapes (
 	$(PY) scripts/reproduce.py $(ARGS)
 
 bench: $(STAMP) ## Benchmarks: attack overhead and adversarial-training step
+	# The peers of the cross-checks; --no-deps: torchattacks pins requests~=2.25, which breaks huggingface_hub.
+	$(PY) -m pip install --quiet --no-deps "torchattacks>=3.5" "cospgd>=0.1.3"
 	$(PY) benchmarks/attack_overhead.py
 	$(PY) benchmarks/at_step.py
 

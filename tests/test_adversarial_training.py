@@ -57,7 +57,7 @@ def fit(module, datamodule, tmp_path, **trainer_kwargs):
 def test_training_step_attacks_the_raw_model_and_trains_on_clean_plus_adversarial(
     tiny_train_config, tmp_path
 ):
-    module, datamodule = build_parts(tiny_train_config("validation.attacks={}"))
+    module, datamodule = build_parts(tiny_train_config("validation.attacks=null"))
     attack = RecordingAttack()
     module.train_attack = attack
     module._train_attack_eps = attack.eps
@@ -75,7 +75,7 @@ def test_training_step_attacks_the_raw_model_and_trains_on_clean_plus_adversaria
 
 def test_half_adversarial_objective_attacks_half_of_each_batch(tiny_train_config, tmp_path):
     module, datamodule = build_parts(
-        tiny_train_config("validation.attacks={}", "adversarial.objective=half_adv")
+        tiny_train_config("validation.attacks=null", "adversarial.objective=half_adv")
     )
     attack = RecordingAttack()
     module.train_attack = attack
@@ -86,7 +86,7 @@ def test_half_adversarial_objective_attacks_half_of_each_batch(tiny_train_config
 
 
 def test_eps_ramps_linearly_over_the_warmup_epochs(tiny_train_config, tmp_path):
-    cfg = tiny_train_config("attack=pgd", "schedule.eps_warmup_epochs=4", "validation.attacks={}")
+    cfg = tiny_train_config("attack=pgd", "schedule.eps_warmup_epochs=4", "validation.attacks=null")
     module, datamodule = build_parts(cfg)
     full = 8 / 255
     assert [module.train_attack_eps(epoch) for epoch in range(6)] == pytest.approx(
@@ -129,7 +129,7 @@ def test_unknown_objective_is_refused(tiny_train_config):
 def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(
     tiny_train_config, monkeypatch
 ):
-    cfg = tiny_train_config("schedule.max_epochs=2", "validation.attacks={}")
+    cfg = tiny_train_config("schedule.max_epochs=2", "validation.attacks=null")
     calls = {"n": 0}
     from eroseg_at.training import module as module_file
 
