@@ -28,8 +28,9 @@ def test_shapes_datamodule_exposes_the_shared_interface(build_datamodule):
     batches = list(datamodule.train_dataloader())
     assert len(batches) == 5
     images, masks = batches[0]
-    assert images.shape == (4, 3, 128, 128) and images.dtype == torch.float32
-    assert masks.shape == (4, 128, 128) and masks.dtype == torch.int64
+    crop_h, crop_w = datamodule.crop_size
+    assert images.shape == (4, 3, crop_h, crop_w) and images.dtype == torch.float32
+    assert masks.shape == (4, crop_h, crop_w) and masks.dtype == torch.int64
     assert 0 <= images.min() and images.max() <= 1
 
 
