@@ -39,8 +39,8 @@ def build_parts(cfg):
     return build_module(cfg, model, datamodule), datamodule
 
 
-def fit(module, datamodule, tmp_path, **trainer_kwargs):
-    trainer = L.Trainer(
+def quiet_cpu_trainer(tmp_path, **trainer_kwargs) -> L.Trainer:
+    return L.Trainer(
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
@@ -48,7 +48,13 @@ def fit(module, datamodule, tmp_path, **trainer_kwargs):
         enable_model_summary=False,
         inference_mode=False,
         default_root_dir=tmp_path,
-        **{"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, **trainer_kwargs},
+        **trainer_kwargs,
+    )
+
+
+def fit(module, datamodule, tmp_path, **trainer_kwargs):
+    trainer = quiet_cpu_trainer(
+        tmp_path, **{"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, **trainer_kwargs}
     )
     trainer.fit(module, datamodule=datamodule)
     return trainer
@@ -187,15 +193,7 @@ def test_ddp_spawn_adversarial_training_and_synced_validation_match_one_process(
     module.load_state_dict(weights)
 
     def validate(**kwargs):
-        trainer = L.Trainer(
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            inference_mode=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-            **kwargs,
-        )
+        trainer = quiet_cpu_trainer(tmp_path, **kwargs)
         return trainer.validate(module, datamodule=datamodule, verbose=False)[0]
 
     one = validate(devices=1)
