@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 
 from eroseg_at.training.callbacks import WandbExamplePanels, amplified_perturbation, iou_table
+from eroseg_at.training.runner import train
 
 
 def test_amplified_perturbation_maps_the_largest_change_to_the_range_ends():
@@ -67,3 +69,12 @@ def test_wandb_panels_log_images_with_class_masks(tmp_path):
     assert names.count("perturbation_pgd10") >= 2
     masks = [path for path in media if "mask" in str(path.parent)]
     assert len(masks) >= 8
+
+
+def test_iou_table_shows_the_epoch_just_validated(tiny_train_config, capsys):
+    result = train(tiny_train_config("schedule.max_epochs=2", "validation.attacks=null"))
+    printed = capsys.readouterr().out
+    tables = [line for line in printed.splitlines() if "mIoU" in line and "│" in line]
+    assert len(tables) == 2  # one per epoch, none before the first is computed
+    last_table_miou = float(tables[-1].split("│")[2])
+    assert last_table_miou == pytest.approx(100 * result.val_scores["val/miou_clean"], abs=0.05)

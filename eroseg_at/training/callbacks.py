@@ -43,9 +43,13 @@ def iou_table(scores: dict[str, dict[str, torch.Tensor]], class_names: list[str]
 
 
 class IoUTablePrinter(Callback):
-    """Prints the per-class IoU table after each validation epoch (rank 0 only)."""
+    """Prints the per-class IoU table after each validation epoch (rank 0 only).
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    Hooked on ``on_validation_end``: callbacks' ``on_validation_epoch_end`` runs before the
+    module's, which computes the scores, so it would print the previous epoch's table.
+    """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not pl_module.last_val_scores:
             return
         Console().print(iou_table(pl_module.last_val_scores, pl_module.class_names))
