@@ -136,6 +136,11 @@ class SegmentationModule(L.LightningModule):
         per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=self.ignore_index, reduction="sum")
         return per_pixel / (labels != self.ignore_index).sum().clamp_min(1)
 
+    def valid_fraction(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Fraction of the non-ignored pixels of ``labels`` where ``pixels`` is true (0 if none)."""
+        valid = labels != self.ignore_index
+        return (pixels & valid).sum() / valid.sum().clamp_min(1)
+
     # ----------------------------------------------------------------- training
     def train_attack_eps(self, epoch: int) -> float:
         """The training attack's eps in ``epoch`` (0-based), after the warm-up ramp."""
@@ -171,14 +176,13 @@ class SegmentationModule(L.LightningModule):
         loss_clean = self.loss(clean_logits, labels)
         loss_adv = self.loss(adv_logits, labels)
         loss = loss_clean + self.adversarial.adv_weight * loss_adv
-        valid = labels != self.ignore_index
-        flipped = (clean_logits.argmax(1) != adv_logits.argmax(1)) & valid
+        flipped = clean_logits.argmax(1) != adv_logits.argmax(1)
         self.log_dict(
             {
                 "train/loss": loss,
                 "train/loss_clean": loss_clean,
                 "train/loss_adv": loss_adv,
-                "train/flip_rate": flipped.sum() / valid.sum().clamp_min(1),
+                "train/flip_rate": self.valid_fraction(flipped, labels),
             },
             prog_bar=False,
         )
@@ -191,14 +195,12 @@ class SegmentationModule(L.LightningModule):
         logits = self.model(torch.cat([images[:half], adv_images]))
         loss = self.loss(logits, labels)
         adv_logits, adv_labels = logits[half:], labels[half:]
-        valid = adv_labels != self.ignore_index
-        wrong = (adv_logits.argmax(1) != adv_labels) & valid
         self.log_dict(
             {
                 "train/loss": loss,
                 "train/loss_clean": self.loss(logits[:half], labels[:half]),
                 "train/loss_adv": self.loss(adv_logits, adv_labels),
-                "train/adv_error_rate": wrong.sum() / valid.sum().clamp_min(1),
+                "train/adv_error_rate": self.valid_fraction(adv_logits.argmax(1) != adv_labels, adv_labels),
             }
         )
         self.log("loss", loss, prog_bar=True, logger=False)
