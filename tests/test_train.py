@@ -125,3 +125,19 @@ def test_train_py_debug_fdr_runs_as_a_subprocess(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "final val mIoU (clean):" in completed.stdout
     assert f"run directory: {tmp_path}" in completed.stdout
+
+
+def test_last_ckpt_follows_every_epoch_even_when_the_best_does_not(tiny_train_config):
+    # Monitoring the epoch with mode=min makes epoch 0 the best for good, so every later
+    # epoch is "no improvement": last.ckpt must still move on (Lightning 2.6's save_last did not).
+    cfg = tiny_train_config(
+        "schedule.max_epochs=3",
+        "checkpoint.monitor=epoch",
+        "checkpoint.mode=min",
+        "trainer.limit_train_batches=1",
+        "validation.attack_batches=0",
+    )
+    result = train(cfg)
+    last = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 3)
+    assert result.best_checkpoint.name == "best-epoch000.ckpt"

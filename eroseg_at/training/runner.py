@@ -123,17 +123,29 @@ def build_module(cfg: DictConfig, model: SegmentationModel, datamodule: Any) -> 
 
 
 def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[Callback]:
+    checkpoint_dir = output_dir / "checkpoints"
     best = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
+        dirpath=checkpoint_dir,
         filename="best-epoch{epoch:03d}",
         auto_insert_metric_name=False,
         monitor=cfg.checkpoint.monitor,
         mode=cfg.checkpoint.mode,
-        save_last=True,
         save_top_k=1,
+    )
+    # A callback of its own, not save_last=True on the one above: since Lightning 2.6,
+    # save_last writes last.ckpt only when a top-k file is written in the same step, so
+    # last.ckpt went stale whenever the monitored metric did not improve (and a resumed run
+    # then restarted from an older epoch). Without a monitor it writes after every validation.
+    last = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
     )
     return [
         best,
+        last,
         RichProgressBar(leave=True),
         IoUTablePrinter(),
         WandbExamplePanels(),
