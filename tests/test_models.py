@@ -129,3 +129,15 @@ def test_mismatched_encoder_weights_list_missing_and_unexpected_keys(tmp_path):
 def test_missing_encoder_weights_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="encoder_weights_path=.*nope.pt does not exist"):
         build_model("unet", NUM_CLASSES, encoder_weights_path=str(tmp_path / "nope.pt"))
+
+
+def test_a_full_encoder_state_dict_loads_into_a_shallower_encoder(tmp_path):
+    # PSPNet runs 3 of resnet18's 5 stages: the file still holds all of them, and the stages
+    # that never run are dropped after loading rather than kept as untrained weights.
+    source = build_model("unet", NUM_CLASSES)
+    path = tmp_path / "encoder.pt"
+    torch.save(source.network.encoder.state_dict(), path)
+    loaded = build_model("pspnet", NUM_CLASSES, encoder_weights_path=str(path), encoder_depth=3)
+    assert torch.equal(loaded.network.encoder.layer2[0].conv1.weight, source.network.encoder.layer2[0].conv1.weight)
+    assert isinstance(loaded.network.encoder.layer3, torch.nn.Identity)
+    assert isinstance(loaded.network.encoder.layer4, torch.nn.Identity)

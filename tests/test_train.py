@@ -26,6 +26,13 @@ def test_every_model_option_builds(option, tmp_path):
     cfg = compose_train_config([f"model={option}"], output_dir=tmp_path)
     model = build_model_from_config(cfg)
     assert model.num_classes == cfg.dataset.num_classes
+    # DDP (find_unused_parameters: false) fails on a parameter the loss never reaches.
+    parameters = list(model.parameters())
+    logits = model(torch.rand(2, 3, *cfg.dataset.crop_size))
+    gradients = torch.autograd.grad(logits.square().mean(), parameters, allow_unused=True)
+    assert all(g is not None for g in gradients), [
+        name for (name, _), g in zip(model.named_parameters(), gradients, strict=True) if g is None
+    ]
 
 
 @pytest.mark.parametrize("option", group_options("attack"))

@@ -65,6 +65,21 @@ def load_encoder_weights(network: torch.nn.Module, path: str | Path) -> None:
     network.encoder.load_state_dict(state)
 
 
+def drop_unused_encoder_stages(encoder: torch.nn.Module, depth: int) -> None:
+    """Replace the encoder stages deeper than ``depth`` (which SMP builds but never runs) by identities.
+
+    Parameters that never receive a gradient make DDP fail ("parameters that were not used in
+    producing the loss") and inflate checkpoints and parameter counts. Runs after local encoder
+    weights are loaded, so a full encoder state dict still matches.
+    """
+    stages = encoder.get_stages() if hasattr(encoder, "get_stages") else {}
+    unused = {id(module) for stride, modules in stages.items() if stride > 2**depth for module in modules}
+    for parent in list(encoder.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in unused:
+                setattr(parent, name, torch.nn.Identity())
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -113,5 +128,6 @@ def build_model(
     )
     if encoder_weights_path is not None:
         load_encoder_weights(network, encoder_weights_path)
+    drop_unused_encoder_stages(network.encoder, architecture_kwargs.get("encoder_depth", 5))
     input_divisor = network.encoder.output_stride if network.requires_divisible_input_shape else 1
     return SegmentationModel(network, num_classes, mean=mean, std=std, input_divisor=input_divisor)
