@@ -138,6 +138,8 @@ def test_a_full_encoder_state_dict_loads_into_a_shallower_encoder(tmp_path):
     path = tmp_path / "encoder.pt"
     torch.save(source.network.encoder.state_dict(), path)
     loaded = build_model("pspnet", NUM_CLASSES, encoder_weights_path=str(path), encoder_depth=3)
-    assert torch.equal(loaded.network.encoder.layer2[0].conv1.weight, source.network.encoder.layer2[0].conv1.weight)
+    assert torch.equal(
+        loaded.network.encoder.layer2[0].conv1.weight, source.network.encoder.layer2[0].conv1.weight
+    )
     assert isinstance(loaded.network.encoder.layer3, torch.nn.Identity)
     assert isinstance(loaded.network.encoder.layer4, torch.nn.Identity)
