@@ -18,9 +18,10 @@ class ModelTester:
     size: int = 64
 
     @pytest.fixture(scope="class")
-    def model(self):
+    @classmethod
+    def model(cls):
         torch.manual_seed(0)
-        return build_model(self.name, NUM_CLASSES, encoder=self.encoder, **self.architecture).eval()
+        return build_model(cls.name, NUM_CLASSES, encoder=cls.encoder, **cls.architecture).eval()
 
     def test_logits_have_the_input_size_and_one_channel_per_class(self, model):
         images = torch.rand(2, 3, self.size, self.size)

@@ -148,3 +148,9 @@ def test_last_ckpt_follows_every_epoch_even_when_the_best_does_not(tiny_train_co
     last = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (2, 3)
     assert result.best_checkpoint.name == "best-epoch000.ckpt"
+
+
+@pytest.mark.parametrize("option", group_options("dataset"))
+def test_the_augmentation_seed_follows_the_run_seed(option, tmp_path):
+    cfg = compose_train_config([f"dataset={option}", "seed=7"], output_dir=tmp_path)
+    assert cfg.dataset.seed == 7
