@@ -4,14 +4,15 @@ Trains the standard model and PGD-, SegPGD-, CosPGD-, RP-PGD- and EroSeg-AT (sam
 attack budget) for each seed, evaluates every model with the ``paper`` suite and its worst case, draws the
 attack-strength curve on the standard model, and writes ``docs/RESULTS.md`` and ``docs/figures/*.png``.
 
-    make reproduce                      # the sizes below (about half an hour on 2 CPU cores)
-    make reproduce ARGS="--epochs 30 --train-images 1000 --image-size 128"   # closer to the paper
+    make reproduce                                    # the default sizes (see docs/RESULTS.md for its time)
+    make reproduce ARGS="--epochs 2 --train-images 256 --val-images 32 --apgd-steps 5"   # a quick functional run
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import sys
 import time
@@ -53,24 +54,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--image-size", type=int, default=32, help="square shapes images (train and val)")
-    parser.add_argument("--train-images", type=int, default=48)
-    parser.add_argument("--val-images", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=64, help="square shapes images (train and val)")
+    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument("--val-images", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--attack-steps", type=int, default=3, help="steps of the training attack")
-    parser.add_argument("--apgd-steps", type=int, default=5, help="steps of each APGD loss in the worst case")
-    parser.add_argument("--curve-steps", type=int, nargs="+", default=[1, 3, 5, 10])
+    parser.add_argument("--apgd-steps", type=int, default=50, help="steps of each APGD loss in the worst case")
+    parser.add_argument("--curve-steps", type=int, nargs="+", default=[1, 3, 5, 7, 10, 20, 50])
     parser.add_argument(
         "--model",
         nargs="*",
-        default=["+model.architecture.encoder_depth=4", "model.architecture.decoder_channels=[64,32,16,16]"],
-        help="overrides of the model group (the default: a 4-stage U-Net, cheap enough for a CPU)",
+        default=[],
+        help="overrides of the model group, e.g. model=unet (default: the project's default model)",
     )
     parser.add_argument(
         "--schedule",
         nargs="*",
-        default=["schedule=adamw_cosine", "schedule.lr=0.003", "schedule.warmup_steps=5"],
+        default=[],
+        help="overrides of the schedule group, e.g. schedule.lr=0.002 (default: the project's default)",
     )
     parser.add_argument(
         "--methods",
@@ -234,6 +236,7 @@ def write_results(args, argv, output_dir, checkpoints, by_path, seeds, curve, gr
     text = RESULTS_TEMPLATE.format(
         command=command,
         minutes=seconds / 60,
+        cpus=os.cpu_count(),
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         size=args.image_size,
         train_images=args.train_images,
@@ -244,8 +247,9 @@ def write_results(args, argv, output_dir, checkpoints, by_path, seeds, curve, gr
         partial=""
         if len(seeds) == len(args.seeds)
         else f"**Partial: only seeds {seeds} of {args.seeds} finished; the run was cut short.**\n\n",
-        schedule=" ".join(args.schedule),
-        model=" ".join(args.model) or "(default)",
+        steps_per_epoch=args.train_images // args.batch_size,
+        batch_size=args.batch_size,
+        setup=setup_summary(compose_config("train", training_overrides(args, "none", seeds[0], output_dir))),
         apgd_steps=args.apgd_steps,
         table="\n".join(rows),
         per_seed="\n".join(per_seed),
@@ -255,6 +259,18 @@ def write_results(args, argv, output_dir, checkpoints, by_path, seeds, curve, gr
         output_dir=output_dir,
     )
     (args.docs / "RESULTS.md").write_text(text)
+
+
+def setup_summary(config) -> str:
+    """The model and optimisation every method shares, as the composed training config says."""
+    model, schedule = config.model, config.schedule
+    architecture = ", ".join(f"{key} {value}" for key, value in model.architecture.items())
+    weights = model.encoder_weights or model.encoder_weights_path or "random"
+    return (
+        f"Model `{model.name}` (encoder {model.encoder}, {architecture}; encoder weights: {weights}), "
+        f"{schedule.optimizer} at lr {schedule.lr} with {schedule.lr_schedule} decay "
+        f"(weight decay {schedule.weight_decay}, {schedule.warmup_steps} warm-up steps)"
+    )
 
 
 def foreground_iou(report) -> float:
@@ -302,14 +318,15 @@ def findings(
 
 RESULTS_TEMPLATE = """# Results: small-scale reproduction of the EroSeg-AT table on shapes
 
-{partial}Generated by `{command}` on {date} in **{minutes:.1f} minutes** (2 shared CPU cores); every number below
+{partial}Generated by `{command}` on {date} in **{minutes:.1f} minutes** ({cpus} CPU cores); every number below
 was measured in that run (run directory `{output_dir}`: training runs, `evaluate_paper_seed<N>/results.json` with the
 full threat model, seeds, checkpoint hashes and package versions).
 
 **Scale.** {train_images} training images and {val_images} validation images of {size}x{size} pixels,
-{epochs} epoch(s), seeds {seeds}, schedule `{schedule}`, model overrides `{model}`, training attacks with
-{steps} steps at eps 8/255. The paper trains ResNet-50 DeepLabV3 on Pascal VOC for many epochs: this is a
-functional reproduction of the protocol at a size a CPU can run in half an hour, not of the paper's numbers.
+{epochs} epoch(s) of {steps_per_epoch} steps (batch {batch_size}), seeds {seeds}. {setup}. Every AT method
+trains with the same objective, `CE(x) + CE(x_adv)` (EroSeg-AT's), and a training attack of {steps} steps at
+eps 8/255, step 0.01, so the methods differ only in the attack. The paper trains ResNet-50 DeepLabV3 on
+Pascal VOC from ImageNet weights: this reproduces the protocol at CPU scale, not the paper's numbers.
 
 ## mIoU (%), mean ± half-range over seeds, eps 8/255
 

@@ -71,6 +71,22 @@ def pad_collate(
     return torch.stack(images), torch.stack(masks)
 
 
+def same_size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Sample indices grouped by size and cut into batches of at most ``batch_size``.
+
+    Sizes come in the order they first appear, indices ascending within a size, so a dataset of one
+    size keeps its order and its usual batches.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(index)
+    return [
+        indices[start : start + batch_size]
+        for indices in groups.values()
+        for start in range(0, len(indices), batch_size)
+    ]
+
+
 class _PadCollate:
     """Picklable ``pad_collate`` bound to an ignore index (for spawned workers)."""
 
@@ -245,6 +261,24 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=_PadCollate(self.ignore_index),
+        )
+
+    def full_resolution_dataloader(self) -> DataLoader:
+        """Validation images exactly as large as they are, for robustness evaluation.
+
+        Nothing is padded: each batch holds images of one size (``val_batch_size`` at most), so an
+        attack perturbs image pixels only, and the evaluated model pads internally to what its
+        architecture needs. ``loader.batch_sampler`` lists the sample indices of each batch.
+        """
+        source = self.source("val")
+        if self.augment.val_resize is not None:
+            sizes = [tuple(self.augment.val_resize)] * len(source)
+        else:
+            sizes = [source.sample_size(index) for index in range(len(source))]
+        return DataLoader(
+            AugmentedDataset(source, build_val_transform(self.augment, 1, self.ignore_index)),
+            batch_sampler=same_size_batches(sizes, self.val_batch_size),
+            num_workers=self.num_workers,
         )
 
     def test_dataloader(self) -> DataLoader:

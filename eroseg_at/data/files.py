@@ -69,11 +69,13 @@ class LabelMapping:
         )
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open and fully decode ``path``; unreadable or truncated files raise naming the file."""
+def open_image(path: Path, decode: bool = True) -> Image.Image:
+    """Open ``path`` and, unless ``decode`` is false (header only), decode it; unreadable or truncated
+    files raise naming the file."""
     try:
         image = Image.open(path)
-        image.load()
+        if decode:
+            image.load()
     except FileNotFoundError as error:
         raise DatasetError(f"{path}: file not found") from error
     except (OSError, SyntaxError, ValueError) as error:
@@ -212,6 +214,10 @@ class PairedFilesSource(SegmentationSource):
     def load_mask(self, index: int) -> np.ndarray:
         mask_path = self.pairs[index][1]
         return self.labels(read_label(mask_path), mask_path)
+
+    def sample_size(self, index: int) -> tuple[int, int]:
+        width, height = open_image(self.pairs[index][0], decode=False).size
+        return height, width
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.pairs[index]

@@ -124,6 +124,9 @@ class ShapesDataset(SegmentationSource):
     def __len__(self) -> int:
         return self.num_images
 
+    def sample_size(self, index: int) -> tuple[int, int]:
+        return self.image_size
+
     def sample_name(self, index: int) -> str:
         return f"shapes(seed={self.seed}, index={index})"
 

@@ -23,8 +23,9 @@ def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch
         - image: ``[H, W, 3]`` -> ``[3, H, W]``
         - mask: ``[H, W]`` -> ``[H, W]``
     """
-    image_tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    mask_tensor = torch.from_numpy(np.ascontiguousarray(mask)).long()
+    # Writable too: decoded files are read-only arrays, which torch.from_numpy warns about.
+    image_tensor = torch.from_numpy(np.require(image, requirements="CW")).permute(2, 0, 1).float().div_(255.0)
+    mask_tensor = torch.from_numpy(np.require(mask, requirements="CW")).long()
     return image_tensor, mask_tensor
 
 
@@ -51,6 +52,10 @@ class SegmentationSource(Dataset, abc.ABC):
     def load_mask(self, index: int) -> np.ndarray:
         """Return the mask of sample ``index`` as uint8 ``[H, W]`` (255 = ignore)."""
         return self.load(index)[1]
+
+    def sample_size(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of sample ``index``; subclasses answer without decoding where they can."""
+        return self.load_mask(index).shape[:2]
 
     @abc.abstractmethod
     def sample_name(self, index: int) -> str:

@@ -95,7 +95,7 @@ def build_train_transform(
 
 
 def build_val_transform(augment: AugmentConfig, pad_divisor: int, ignore_index: int) -> A.Compose:
-    """Optional resize, then pad bottom/right so H and W divide ``pad_divisor``.
+    """Optional resize, then pad bottom/right so H and W divide ``pad_divisor`` (1: no padding).
 
     Padding goes to the bottom and right (image 0, mask ``ignore_index``) so predictions
     cropped to the original size line up with the unpadded image.
@@ -104,6 +104,8 @@ def build_val_transform(augment: AugmentConfig, pad_divisor: int, ignore_index: 
     if augment.val_resize is not None:
         height, width = augment.val_resize
         steps.append(A.Resize(height=height, width=width, mask_interpolation=MASK_INTERPOLATION))
+    if pad_divisor == 1:
+        return A.Compose(steps)
     steps.append(
         A.PadIfNeeded(
             min_height=None,

@@ -179,6 +179,7 @@ def results_document(reports: list[CheckpointReport], settings: dict[str, Any]) 
                 "dataset": report.dataset,
                 "class_names": report.class_names,
                 "num_images": report.num_images,
+                "images": report.image_names,
                 "training_config": report.training,
                 "results": report.rows,
             }

@@ -75,6 +75,8 @@ class CheckpointReport:
     class_names: list[str]
     num_images: int
     training: dict[str, Any]
+    # Evaluated images in the order of every per-image list (sample names: file paths or generator seeds).
+    image_names: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     example: Example | None = None
 
@@ -218,8 +220,7 @@ class Evaluator:
             stride=cfg.inference.stride,
         ).to(self.device)
         model.eval()
-        datamodule.setup("validate")
-        loader = datamodule.val_dataloader()
+        loader = datamodule.full_resolution_dataloader()
         num_classes, ignore_index = datamodule.num_classes, datamodule.ignore_index
         needs_frequencies = any(run.params.get("loss") == "mce_balanced" for run in runs)
         frequencies = datamodule.class_frequencies() if needs_frequencies else None
@@ -236,6 +237,8 @@ class Evaluator:
         started = time.perf_counter()
         clean = self.confusion(model, loader, num_classes, ignore_index)
         report.num_images = clean.shape[0]
+        evaluated = [index for batch in islice(loader.batch_sampler, cfg.max_batches) for index in batch]
+        report.image_names = [datamodule.source("val").sample_name(index) for index in evaluated]
         report.rows.append(
             {
                 "kind": "clean",
@@ -339,8 +342,7 @@ def batches_per_pass(cfg: DictConfig, path: Path) -> int:
     """Validation batches one pass over ``path``'s dataset takes (for the progress bar's total)."""
     checkpoint = load_checkpoint(path)
     datamodule = instantiate(merged_config(checkpoint, cfg).dataset)
-    datamodule.setup("validate")
-    total = len(datamodule.val_dataloader())
+    total = len(datamodule.full_resolution_dataloader())
     return total if cfg.max_batches is None else min(total, int(cfg.max_batches))
 
 

@@ -9,7 +9,7 @@ from test_transforms import MarkerSource
 
 from eroseg_at.data import DatasetError, SegmentationDataModule, ShapesDataset
 from eroseg_at.data import class_frequencies as class_frequencies_module
-from eroseg_at.data.datamodule import AugmentedDataset, pad_collate
+from eroseg_at.data.datamodule import AugmentedDataset, pad_collate, same_size_batches
 from eroseg_at.data.stats import main as stats_main
 from eroseg_at.data.transforms import AugmentConfig, build_train_transform
 
@@ -183,3 +183,9 @@ def test_stats_command_on_a_missing_root_exits_with_the_layout(tmp_path):
         stats_main(
             ["dataset=voc", f"dataset.root={tmp_path / 'absent'}", f"dataset.stats_cache_dir={tmp_path}"]
         )
+
+
+def test_same_size_batches_keep_the_order_within_a_size():
+    sizes = [(2, 2), (3, 3), (2, 2), (2, 2), (3, 3)]
+    assert same_size_batches(sizes, 2) == [[0, 2], [3], [1, 4]]
+    assert same_size_batches([(5, 5)] * 5, 2) == [[0, 1], [2, 3], [4]]

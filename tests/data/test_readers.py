@@ -92,6 +92,19 @@ def test_ade20k_val_batch_pads_images_of_different_sizes(make_root, build_datamo
     assert (masks[1, 40:] == 255).all() and (masks[1, :40, :72] != 255).any()
 
 
+def test_full_resolution_loader_batches_each_size_apart_without_padding(make_root, build_datamodule):
+    ade20k_root = make_root("ade20k")
+    datamodule = build_datamodule("ade20k", f"dataset.root={ade20k_root}", "dataset.val_batch_size=2")
+    source = datamodule.source("val")
+    loader = datamodule.full_resolution_dataloader()
+    assert list(loader.batch_sampler) == [[0], [1]]
+    for (images, masks), (index,) in zip(loader, loader.batch_sampler, strict=True):
+        image, mask = source[index]
+        # 48x64 and 40x72: no image is padded to 32-multiples nor to the other's size.
+        assert images.shape[-2:] == source.sample_size(index) == image.shape[-2:]
+        assert torch.equal(masks[0], mask) and torch.equal(images[0], image)
+
+
 def test_folder_holds_out_a_seeded_validation_split(folder_root, build_folder):
     datamodule = build_folder()
     train, val = datamodule.source("train"), datamodule.source("val")

@@ -8,13 +8,16 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from eroseg_at.evaluation import evaluate
 from eroseg_at.evaluation.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_paths
-from eroseg_at.training.runner import CONFIG_KEY
-from tests.conftest import REPO_ROOT
+from eroseg_at.evaluation.inference import FullResolutionModel
+from eroseg_at.training.runner import CONFIG_KEY, train
+from tests.conftest import REPO_ROOT, compose_train_config
 from tests.evaluation.conftest import compose_evaluate_config
 
 # One batch of four 64x64 images keeps a suite of a few 3-step attacks within seconds.
@@ -190,3 +193,67 @@ def test_make_eval_with_a_glob_gives_one_row_per_checkpoint(trained_run, tmp_pat
         assert f"`{checkpoint.name}`" in table
     document = json.loads((tmp_path / "results.json").read_text())
     assert sorted(c["path"] for c in document["checkpoints"]) == [str(c) for c in checkpoints]
+
+
+def write_mixed_size_folder(root, sizes) -> None:
+    """A ``folder`` dataset whose images come in several sizes (3 classes in stripes)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for index, (height, width) in enumerate(sizes):
+        mask = np.zeros((height, width), dtype=np.uint8)
+        mask[:, width // 3 : 2 * width // 3] = 1
+        mask[:, 2 * width // 3 :] = 2
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
+            root / "images" / f"{index}.png"
+        )
+        Image.fromarray(mask).save(root / "masks" / f"{index}.png")
+    (root / "train.txt").write_text("".join(f"{index}\n" for index in range(len(sizes))))
+    (root / "val.txt").write_text("".join(f"{index}\n" for index in range(len(sizes))))
+
+
+def test_attacks_see_every_image_at_its_own_size_never_padding(tmp_path, monkeypatch):
+    sizes = [(40, 72), (48, 64), (40, 72), (56, 40)]
+    root = tmp_path / "tiles"
+    write_mixed_size_folder(root, sizes)
+    data = [
+        "dataset=folder",
+        f"dataset.root={root}",
+        "dataset.num_classes=3",
+        "dataset.num_workers=0",
+        "dataset.crop_size=[32,32]",
+        "dataset.batch_size=2",
+        "dataset.train_source.split_list=train.txt",
+        "dataset.val_source.split_list=val.txt",
+    ]
+    trained = train(
+        compose_train_config(
+            [*data, "logger=none", "schedule.max_epochs=1", "validation.attacks=null"], tmp_path / "run"
+        )
+    )
+    seen = []
+    forward = FullResolutionModel.logits_and_features
+    monkeypatch.setattr(
+        FullResolutionModel,
+        "logits_and_features",
+        lambda self, images: (seen.append(tuple(images.shape[-2:])), forward(self, images))[1],
+    )
+    report = evaluate(
+        compose_evaluate_config(
+            [
+                f"ckpt_path={trained.last_checkpoint}",
+                "suite=quick",
+                "+dataset.val_batch_size=4",
+                "example_images=0",
+            ],
+            tmp_path / "evaluate",
+        )
+    )
+    # Every input an attack or the metric sees is one real image size: no collate or divisor padding.
+    assert seen and set(seen) == set(sizes)
+    document = json.loads(report.files["results.json"].read_text())
+    (checkpoint,) = document["checkpoints"]
+    # Batched by size, and the per-image lists name their images in that order.
+    assert [name.rsplit("/", 1)[-1] for name in checkpoint["images"]] == ["0.png", "2.png", "1.png", "3.png"]
+    clean = next(row for row in checkpoint["results"] if row["kind"] == "clean")
+    assert len(clean["per_image_pixel_accuracy"]) == 4
