@@ -14,7 +14,7 @@ one forward over the clean and adversarial batch), and M = B/2, N = B for ``half
 (SegPGD-AT, which attacks half of each batch).
 
 Usage:
-    python benchmarks/at_step.py                          # Unet-resnet18, 8x3x128x128, EroSeg, K=3, CPU
+    python benchmarks/at_step.py                          # the default model, 8x3x128x128, EroSeg, K=3, CPU
     python benchmarks/at_step.py --steps 7 --attack pgd
     python benchmarks/at_step.py --batch 2 --size 64 --repeats 1   # a quick run
 """
@@ -26,13 +26,15 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 
 from eroseg_at.attacks import available_attacks, build_attack
-from eroseg_at.models import build_model
 from eroseg_at.training.module import AdversarialTrainingConfig, SegmentationModule
+from eroseg_at.training.runner import build_model_from_config
 
 IGNORE_INDEX = 255
 
@@ -41,8 +43,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="unet")
-    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--model", default="deeplabv3plus_lite", help="an option of conf/model")
+    parser.add_argument("--encoder", default=None, help="override the model config's encoder")
     parser.add_argument("--num-classes", type=int, default=7)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
@@ -53,6 +55,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     return parser.parse_args()
+
+
+def model_config(args: argparse.Namespace):
+    """``conf/train.yaml`` with ``model=<args.model>`` (and the encoder and class count asked for)."""
+    overrides = [f"model={args.model}", f"model.num_classes={args.num_classes}"]
+    if args.encoder is not None:
+        overrides.append(f"model.encoder={args.encoder}")
+    with initialize_config_dir(
+        config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"
+    ):
+        return compose(config_name="train", overrides=overrides)
 
 
 def synchronize(device: torch.device) -> None:
@@ -66,7 +79,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build_model(args.model, args.num_classes, encoder=args.encoder).to(device)
+    model = build_model_from_config(model_config(args)).to(device)
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch, args.size, args.size), device=device)
     labels[:, :4] = IGNORE_INDEX
@@ -135,7 +148,7 @@ def main() -> None:
     median = {name: statistics.median(values) for name, values in times.items()}
 
     print(
-        f"{args.model}-{args.encoder}, batch B={args.batch}, {args.size}x{args.size}, attack={args.attack}, "
+        f"model={args.model} ({type(model.network).__name__}-{model.network.encoder.__class__.__name__}), batch B={args.batch}, {args.size}x{args.size}, attack={args.attack}, "
         f"K={args.steps}, device={device}, threads={torch.get_num_threads()}, repeats={args.repeats} (median)"
     )
     for name in ("attack iteration (B)", "attack iteration (B/2)", "clean step (B)", "clean step (2B)"):
