@@ -26,13 +26,12 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 from eroseg_at.attacks import available_attacks, build_attack
+from eroseg_at.configs import compose_config
 from eroseg_at.training.module import AdversarialTrainingConfig, SegmentationModule
 from eroseg_at.training.runner import build_model_from_config
 
@@ -62,10 +61,7 @@ def model_config(args: argparse.Namespace):
     overrides = [f"model={args.model}", f"model.num_classes={args.num_classes}"]
     if args.encoder is not None:
         overrides.append(f"model.encoder={args.encoder}")
-    with initialize_config_dir(
-        config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"
-    ):
-        return compose(config_name="train", overrides=overrides)
+    return compose_config("train", overrides)
 
 
 def synchronize(device: torch.device) -> None:

@@ -16,17 +16,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from eroseg_at.training.runner import build_model_from_config, train  # noqa: E402
+from eroseg_at.configs import compose_config
+from eroseg_at.training.runner import build_model_from_config, train
 
 DEFAULT_CANDIDATES = ["model=deeplabv3plus_lite", "model=unet schedule.lr=2e-3"]
 
@@ -44,11 +39,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
-
-
-def compose_candidate(overrides: list[str], output_dir: Path):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
 
 
 def clean_miou_by_epoch(metrics_csv: Path) -> list[float]:
@@ -77,7 +67,7 @@ def main() -> None:
     rows = []
     for candidate in args.candidates:
         with tempfile.TemporaryDirectory() as output_dir:
-            cfg = compose_candidate([*candidate.split(), *common], Path(output_dir))
+            cfg = compose_config("train", [*candidate.split(), *common, f"paths.output_dir={output_dir}"])
             parameters = sum(p.numel() for p in build_model_from_config(cfg).parameters())
             started = time.perf_counter()
             train(cfg)

@@ -20,16 +20,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from statistics import mean
 
-from hydra import compose, initialize_config_dir
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from eroseg_at.configs import compose_config  # noqa: E402
 from eroseg_at.evaluation import evaluate  # noqa: E402
 from eroseg_at.evaluation.report import iterations_table  # noqa: E402
 from eroseg_at.training.runner import train  # noqa: E402
 
-CONF_DIR = REPO_ROOT / "conf"
 # (training attack, report name); "none" is standard training.
 METHODS = (
     ("none", "standard"),
@@ -60,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--attack-steps", type=int, default=3, help="steps of the training attack")
-    parser.add_argument("--apgd-steps", type=int, default=50, help="steps of each APGD loss in the worst case")
+    parser.add_argument(
+        "--apgd-steps", type=int, default=50, help="steps of each APGD loss in the worst case"
+    )
     parser.add_argument("--curve-steps", type=int, nargs="+", default=[1, 3, 5, 7, 10, 20, 50])
     parser.add_argument(
         "--model",
@@ -90,11 +90,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def methods(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [(attack, name) for attack, name in METHODS if attack in args.methods]
-
-
-def compose_config(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 def training_overrides(args: argparse.Namespace, attack: str, seed: int, output_dir: Path) -> list[str]:

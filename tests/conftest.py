@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from eroseg_at.configs import compose_config
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
 
 # A shapes run small enough for a CPU test: 64x64 images, a handful of batches.
 TINY_SHAPES = (
@@ -29,8 +29,7 @@ def compose_train_config(overrides: Sequence[str] = (), output_dir: Path | str |
     ``paths.output_dir`` replaces Hydra's run directory, which ``compose`` does not set.
     """
     extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=[*overrides, *extra])
+    return compose_config("train", [*overrides, *extra])
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from tests.conftest import CONF_DIR, REPO_ROOT, TINY_SHAPES
+from eroseg_at.configs import CONF_DIR
+from tests.conftest import REPO_ROOT, TINY_SHAPES
 
 ENV = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
 

@@ -12,9 +12,10 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from eroseg_at.configs import CONF_DIR
 from eroseg_at.training.optim import build_optimizer
 from eroseg_at.training.runner import build_logger, build_model_from_config, build_train_attack, train
-from tests.conftest import CONF_DIR, REPO_ROOT, TINY_SHAPES, compose_train_config
+from tests.conftest import REPO_ROOT, TINY_SHAPES, compose_train_config
 
 
 def group_options(group: str) -> list[str]:

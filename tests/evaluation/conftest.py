@@ -6,20 +6,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from eroseg_at.configs import compose_config
 from eroseg_at.training.runner import train
-from tests.conftest import CONF_DIR, TINY_SHAPES, compose_train_config
+from tests.conftest import TINY_SHAPES, compose_train_config
 
 
 def compose_evaluate_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
     """``conf/evaluate.yaml`` with ``overrides`` as ``python evaluate.py`` sees it, W&B disabled."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(
-            config_name="evaluate",
-            overrides=["logger.mode=disabled", *overrides, f"output_dir={output_dir}"],
-        )
+    return compose_config("evaluate", ["logger.mode=disabled", *overrides, f"output_dir={output_dir}"])
 
 
 @pytest.fixture(scope="session")

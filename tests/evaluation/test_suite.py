@@ -7,13 +7,13 @@ import torch
 from omegaconf import OmegaConf
 
 from eroseg_at.attacks import available_attacks
+from eroseg_at.configs import CONF_DIR
 from eroseg_at.evaluation.suite import (
     balanced_class_weights,
     build_run_attack,
     expand_suite,
     worst_case_members,
 )
-from tests.conftest import CONF_DIR
 from tests.evaluation.conftest import compose_evaluate_config
 
 SUITES = sorted(path.stem for path in (CONF_DIR / "suite").glob("*.yaml"))
