@@ -144,3 +144,10 @@ def test_a_full_encoder_state_dict_loads_into_a_shallower_encoder(tmp_path):
     )
     assert isinstance(loaded.network.encoder.layer3, torch.nn.Identity)
     assert isinstance(loaded.network.encoder.layer4, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("encoder", ["vgg11", "tu-resnet18"])
+def test_encoders_that_do_not_name_their_stages_still_build(encoder):
+    # SMP's VGG encoder has no get_stages(); timm encoders build only the stages they run.
+    model = build_model("pspnet", NUM_CLASSES, encoder=encoder, encoder_depth=3)
+    assert model(torch.rand(1, 3, 64, 64)).shape == (1, NUM_CLASSES, 64, 64)

@@ -70,9 +70,16 @@ def drop_unused_encoder_stages(encoder: torch.nn.Module, depth: int) -> None:
 
     Parameters that never receive a gradient make DDP fail ("parameters that were not used in
     producing the loss") and inflate checkpoints and parameter counts. Runs after local encoder
-    weights are loaded, so a full encoder state dict still matches.
+    weights are loaded, so a full encoder state dict still matches. Encoders that do not name
+    their stages (SMP's ``get_stages``: VGG, DenseNet, Xception, Inception) keep them; timm
+    (``tu-``) encoders build only the stages they run.
     """
-    stages = encoder.get_stages() if hasattr(encoder, "get_stages") else {}
+    if depth >= 5 or not hasattr(encoder, "get_stages"):
+        return
+    try:
+        stages = encoder.get_stages()
+    except NotImplementedError:
+        return
     unused = {id(module) for stride, modules in stages.items() if stride > 2**depth for module in modules}
     for parent in list(encoder.modules()):
         for name, child in list(parent.named_children()):
