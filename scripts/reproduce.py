@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
     output_dir = (args.output_dir or REPO_ROOT / "outputs" / "reproduce" / stamp).resolve()
     checkpoints: dict[tuple[str, int], Path] = {}
+    train_minutes: dict[tuple[str, int], float] = {}
     reports: dict[Path, object] = {}
     grid = curve = None
     apgd = [
@@ -163,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"[{time.perf_counter() - started:6.0f}s] training {name}, seed {seed} -> {run_dir}",
                 flush=True,
             )
+            run_started = time.perf_counter()
             result = train(compose_config("train", training_overrides(args, attack, seed, run_dir)))
+            train_minutes[(attack, seed)] = (time.perf_counter() - run_started) / 60
             checkpoints[(attack, seed)] = result.last_checkpoint
         print(f"[{time.perf_counter() - started:6.0f}s] evaluating seed {seed}", flush=True)
         table = evaluation(
@@ -186,14 +189,27 @@ def main(argv: list[str] | None = None) -> None:
                 [f"suite.iterations.steps={curve_steps}"],
             )
         seconds = time.perf_counter() - started
-        write_results(args, argv, output_dir, checkpoints, reports, args.seeds[:done], curve, grid, seconds)
+        write_results(
+            args,
+            argv,
+            output_dir,
+            checkpoints,
+            train_minutes,
+            reports,
+            args.seeds[:done],
+            curve,
+            grid,
+            seconds,
+        )
         print(
             f"[{seconds:6.0f}s] wrote {args.docs / 'RESULTS.md'} with seeds {args.seeds[:done]}", flush=True
         )
     print(f"reproduction finished in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
 
 
-def write_results(args, argv, output_dir, checkpoints, by_path, seeds, curve, grid, seconds) -> None:
+def write_results(
+    args, argv, output_dir, checkpoints, train_minutes, by_path, seeds, curve, grid, seconds
+) -> None:
     figures = args.docs / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     shutil.copy(curve.files["miou_vs_iterations.png"], figures / "attack_strength_standard.png")
@@ -201,8 +217,8 @@ def write_results(args, argv, output_dir, checkpoints, by_path, seeds, curve, gr
         shutil.copy(grid, figures / "examples_standard.png")
 
     rows = [
-        "| model / AT | " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|---|" + "---:|" * len(COLUMNS),
+        "| model / AT | " + " | ".join(title for _, title in COLUMNS) + " | training (min) |",
+        "|---|" + "---:|" * (len(COLUMNS) + 1),
     ]
     means: dict[str, dict[str, float]] = {}
     halves: dict[str, dict[str, float]] = {}
@@ -217,6 +233,7 @@ def write_results(args, argv, output_dir, checkpoints, by_path, seeds, curve, gr
         foreground.extend(foreground_iou(r) for r in reports)
         label = name if attack == "none" else f"{name} ({args.attack_steps} steps)"
         cells = [mean_spread([score(r, key) for r in reports]) for key, _ in COLUMNS]
+        cells.append(f"{mean(train_minutes[(attack, seed)] for seed in seeds):.1f}")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     per_seed = [
         "| model / AT | seed | " + " | ".join(t for _, t in COLUMNS) + " | SHA-256 |",
@@ -250,6 +267,7 @@ def write_results(args, argv, output_dir, checkpoints, by_path, seeds, curve, gr
         per_seed="\n".join(per_seed),
         curve=iterations_table(curve.reports[0]),
         findings=findings(means, halves, mean(foreground)),
+        strength=strength_findings(curve.reports[0]),
         first_seed=args.seeds[0],
         output_dir=output_dir,
     )
@@ -266,6 +284,28 @@ def setup_summary(config) -> str:
         f"{schedule.optimizer} at lr {schedule.lr} with {schedule.lr_schedule} decay "
         f"(weight decay {schedule.weight_decay}, {schedule.warmup_steps} warm-up steps)"
     )
+
+
+def strength_findings(report) -> str:
+    """Which attack hurts the standard model most at each iteration count, and where EroSeg stands."""
+    rows = [row for row in report.rows if row["kind"] == "iterations"]
+    steps = sorted({row["steps"] for row in rows})
+    lines, eroseg_first = [], []
+    for count in steps:
+        ranking = sorted((row for row in rows if row["steps"] == count), key=lambda row: row["miou"])
+        labels = [row["label"] for row in ranking]
+        cells = ", ".join(f"{row['label']} {100 * row['miou']:.1f}" for row in ranking)
+        lines.append(f"- {count} iteration(s), lowest mIoU first: {cells}.")
+        if "EroSeg" in labels:
+            # Compared as printed (0.1 points): a tie at that precision counts as strongest.
+            shown = {row["label"]: round(100 * row["miou"], 1) for row in ranking}
+            eroseg_first.append(shown["EroSeg"] == min(shown.values()))
+    if eroseg_first:
+        lines.append(
+            f"- EroSeg is the strongest attack (or tied) at {sum(eroseg_first)} of {len(eroseg_first)} "
+            "iteration counts (the paper reports it strongest at every count on VOC)."
+        )
+    return "\n".join(lines)
 
 
 def foreground_iou(report) -> float:
@@ -338,6 +378,8 @@ Per seed:
 ## Attack strength on the standard model (seed {first_seed}): mIoU (%) vs iterations, eps 8/255
 
 {curve}
+
+{strength}
 
 ![attack strength](figures/attack_strength_standard.png)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -58,6 +59,21 @@ def test_findings_flag_models_that_have_not_learned_the_task():
     assert "barely learned the task" in reproduce.findings(means_for(12.0, 12.0), halves, foreground=0.5)
 
 
+def test_strength_findings_rank_the_attacks_at_each_iteration_count():
+    miou = {("PGD", 3): 0.30, ("EroSeg", 3): 0.20, ("PGD", 10): 0.10, ("EroSeg", 10): 0.15}
+    report = SimpleNamespace(
+        rows=[
+            {"kind": "iterations", "label": label, "steps": steps, "miou": value}
+            for (label, steps), value in miou.items()
+        ]
+        + [{"kind": "clean", "label": "clean", "steps": None, "miou": 0.8}]
+    )
+    text = reproduce.strength_findings(report)
+    assert "- 3 iteration(s), lowest mIoU first: EroSeg 20.0, PGD 30.0." in text
+    assert "- 10 iteration(s), lowest mIoU first: PGD 10.0, EroSeg 15.0." in text
+    assert "EroSeg is the strongest attack (or tied) at 1 of 2 iteration counts" in text
+
+
 @pytest.mark.slow
 def test_reproduction_at_a_toy_size_writes_results_and_figures(tmp_path):
     docs = tmp_path / "docs"
@@ -88,5 +104,6 @@ def test_reproduction_at_a_toy_size_writes_results_and_figures(tmp_path):
     )
     text = (docs / "RESULTS.md").read_text()
     assert "Partial" not in text and "| EroSeg-AT (3 steps) |" in text and "| standard | 1 |" in text
+    assert "training (min)" in text and "EroSeg is the strongest attack (or tied) at" in text
     assert (docs / "figures" / "attack_strength_standard.png").is_file()
     assert (docs / "figures" / "examples_standard.png").is_file()
