@@ -36,6 +36,12 @@ def test_every_model_option_builds(option, tmp_path):
     ]
 
 
+@pytest.mark.parametrize("option", group_options("model"))
+def test_every_model_option_trains_a_fast_dev_run(option, tiny_train_config):
+    result = train(tiny_train_config(f"model={option}", "debug=fdr"))
+    assert 0.0 <= result.val_scores["val/miou_clean"] <= 1.0
+
+
 @pytest.mark.parametrize("option", group_options("attack"))
 def test_every_attack_option_builds(option, tmp_path):
     cfg = compose_train_config([f"attack={option}"], output_dir=tmp_path)
