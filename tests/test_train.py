@@ -161,3 +161,15 @@ def test_last_ckpt_follows_every_epoch_even_when_the_best_does_not(tiny_train_co
 def test_the_augmentation_seed_follows_the_run_seed(option, tmp_path):
     cfg = compose_train_config([f"dataset={option}", "seed=7"], output_dir=tmp_path)
     assert cfg.dataset.seed == 7
+
+
+def test_experiment_and_debug_overlays_override_the_entry_config(tmp_path):
+    # train.yaml's own keys (checkpoint, validation) must not win over an overlay that sets them.
+    cfg = compose_train_config(["experiment=shapes_eroseg_at"], output_dir=tmp_path)
+    assert cfg.checkpoint.monitor == "val/miou_pgd10"
+    assert compose_train_config(["debug=fdr"], output_dir=tmp_path).validation.attack_batches == 1
+    # The command line still wins over both.
+    cfg = compose_train_config(
+        ["experiment=shapes_eroseg_at", "checkpoint.monitor=val/loss"], output_dir=tmp_path
+    )
+    assert cfg.checkpoint.monitor == "val/loss"
