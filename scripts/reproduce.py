@@ -54,12 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--image-size", type=int, default=64, help="square shapes images (train and val)")
     parser.add_argument("--train-images", type=int, default=2000)
-    parser.add_argument("--val-images", type=int, default=200)
+    parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--attack-steps", type=int, default=3, help="steps of the training attack")
     parser.add_argument(
-        "--apgd-steps", type=int, default=50, help="steps of each APGD loss in the worst case"
+        "--apgd-steps", type=int, default=20, help="steps of each APGD loss in the worst case"
     )
     parser.add_argument("--curve-steps", type=int, nargs="+", default=[1, 3, 5, 7, 10, 20, 50])
     parser.add_argument(
