@@ -126,10 +126,36 @@ def test_missing_encoder_weights_file_is_refused_before_training(tiny_train_conf
         train(tiny_train_config(f"model.encoder_weights_path={tmp_path / 'missing.pt'}"))
 
 
-def test_train_py_debug_fdr_runs_as_a_subprocess(tmp_path):
-    env = {**os.environ, "WANDB_SILENT": "true"}
+# Loaded by the subprocess's interpreter at start-up: every host-name lookup other than loopback is
+# recorded and refused, so any network access of the run (update checks, downloads) shows up.
+NETWORK_GUARD = """
+import os, socket
+_lookup = socket.getaddrinfo
+def _guarded(host, *args, **kwargs):
+    name = host.decode() if isinstance(host, bytes) else host
+    if name not in (None, "", "localhost", "::1") and not str(name).startswith("127."):
+        with open(os.environ["NETWORK_LOG"], "a") as log:
+            log.write(f"{name}\\n")
+        raise OSError(f"network access refused by the test: {name}")
+    return _lookup(host, *args, **kwargs)
+socket.getaddrinfo = _guarded
+"""
+
+
+def test_train_py_debug_fdr_runs_as_a_subprocess_without_network(tmp_path):
+    guard_dir = tmp_path / "guard"
+    guard_dir.mkdir()
+    (guard_dir / "sitecustomize.py").write_text(NETWORK_GUARD)
+    network_log = tmp_path / "network.log"
+    env = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
+    env.update(
+        WANDB_SILENT="true",
+        NETWORK_LOG=str(network_log),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(guard_dir), env.get("PYTHONPATH")])),
+    )
+    run_dir = tmp_path / "run"
     completed = subprocess.run(
-        [sys.executable, "train.py", "debug=fdr", *TINY_SHAPES, f"hydra.run.dir={tmp_path}"],
+        [sys.executable, "train.py", "debug=fdr", *TINY_SHAPES, f"hydra.run.dir={run_dir}"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -138,7 +164,8 @@ def test_train_py_debug_fdr_runs_as_a_subprocess(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "final val mIoU (clean):" in completed.stdout
-    assert f"run directory: {tmp_path}" in completed.stdout
+    assert f"run directory: {run_dir}" in completed.stdout
+    assert not network_log.exists(), f"the run looked up {network_log.read_text().split()}"
 
 
 def test_last_ckpt_follows_every_epoch_even_when_the_best_does_not(tiny_train_config):
