@@ -49,6 +49,8 @@ def log_to_wandb(
     mode = str(cfg.logger.mode)
     if mode not in LOGGER_MODES:
         raise ValueError(f"logger.mode must be one of {LOGGER_MODES}, got {mode!r}")
+    if mode == "disabled":
+        return
     import wandb
 
     with csv_path.open(newline="") as handle:
