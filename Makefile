@@ -30,11 +30,14 @@ train: $(STAMP) ## The main job: EroSeg-AT on the embedded shapes dataset (ARGS=
 train-clean: $(STAMP) ## Standard (non-adversarial) training of the default model on shapes
 	$(PY) train.py $(ARGS)
 
-test: $(STAMP) ## Run the default test suite (everything not marked slow)
+test: $(STAMP) ## Run the default test suite (everything not marked slow or gpu)
 	$(PY) -m pytest
 
 test-slow: $(STAMP) ## Run the slow tests (attack strength, cross-checks, end-to-end training), printing their figures
 	$(PY) -m pytest -m slow -s
+
+test-gpu: $(STAMP) ## Run the CUDA tests (attacks in fp32/bf16, bf16 and DDP training, evaluation); needs a GPU
+	$(PY) -m pytest -m gpu
 
 lint: $(STAMP) ## ruff check and format check
 	$(PY) -m ruff check .
@@ -60,4 +63,4 @@ bench: $(STAMP) ## Benchmarks: attack overhead and adversarial-training step
 clean: ## Remove run outputs (outputs/, multirun/, wandb/)
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache
 
-.PHONY: help install train train-clean test test-slow lint format eval reproduce bench clean
+.PHONY: help install train train-clean test test-slow test-gpu lint format eval reproduce bench clean

@@ -53,6 +53,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--precision",
+        choices=["32", "bf16"],
+        default="32",
+        help="bf16: every entry under bf16 autocast, as trainer.precision=bf16-mixed runs it",
+    )
     return parser.parse_args()
 
 
@@ -132,20 +138,22 @@ def main() -> None:
     with warnings.catch_warnings():
         # SegmentationModule.log() outside a Trainer only warns; the step itself is what we time.
         warnings.simplefilter("ignore")
-        for fn in entries.values():  # warm-up
-            fn()
-        for _ in range(args.repeats):
-            for name, fn in entries.items():
-                synchronize(device)
-                start = time.perf_counter()
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+        with autocast:
+            for fn in entries.values():  # warm-up
                 fn()
-                synchronize(device)
-                times[name].append(time.perf_counter() - start)
+            for _ in range(args.repeats):
+                for name, fn in entries.items():
+                    synchronize(device)
+                    start = time.perf_counter()
+                    fn()
+                    synchronize(device)
+                    times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(values) for name, values in times.items()}
 
     print(
         f"model={args.model} ({type(model.network).__name__}-{model.network.encoder.__class__.__name__}), batch B={args.batch}, {args.size}x{args.size}, attack={args.attack}, "
-        f"K={args.steps}, device={device}, threads={torch.get_num_threads()}, repeats={args.repeats} (median)"
+        f"K={args.steps}, device={device}, precision={args.precision}, threads={torch.get_num_threads()}, repeats={args.repeats} (median)"
     )
     for name in ("attack iteration (B)", "attack iteration (B/2)", "clean step (B)", "clean step (2B)"):
         print(f"  {name:<22} {1000 * median[name]:9.1f} ms")
