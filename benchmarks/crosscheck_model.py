@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from eroseg_at.attacks.objectives import predicted_classes
 from eroseg_at.data.shapes import ShapesDataset
 from eroseg_at.models import build_model
 
@@ -56,7 +57,7 @@ def mean_iou(
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             logits = model(images[start : start + batch_size])
-            metric.update(logits.argmax(1), masks[start : start + batch_size])
+            metric.update(predicted_classes(logits), masks[start : start + batch_size])
     return 100 * metric.compute().item()
 
 

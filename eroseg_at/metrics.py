@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from eroseg_at.attacks.objectives import predicted_classes
+
 
 def scores_from_confusion_matrix(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
     """mIoU, pixel accuracy and per-class IoU from a confusion matrix.
@@ -47,7 +49,7 @@ class SegmentationMetrics(MulticlassJaccardIndex):
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         if preds.ndim == target.ndim + 1:
-            preds = preds.argmax(1)
+            preds = predicted_classes(preds)
         super().update(preds, target)
 
     def compute(self) -> dict[str, torch.Tensor]:

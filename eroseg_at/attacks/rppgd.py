@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from eroseg_at.attacks.base import IterativeAttack, parse_number
-from eroseg_at.attacks.objectives import correct_pixels, pixel_cross_entropy, valid_mean
+from eroseg_at.attacks.objectives import correct_pixels, pixel_cross_entropy, predicted_classes, valid_mean
 
 
 def rppgd_region_weights(step: int, steps: int) -> tuple[float, float, float]:
@@ -118,6 +118,6 @@ class RPPGD(IterativeAttack):
         weight_true, weight_boundary, weight_false = rppgd_region_weights(step, self.steps)
         weights = true_region * weight_true + boundary_region * weight_boundary + false_region * weight_false
         region_loss = valid_mean(weights * pixel_cross_entropy(logits, labels, valid), valid)
-        predicted = logits.detach().argmax(1)
+        predicted = predicted_classes(logits)
         prototype_loss = prototype_similarity(features, predicted, true_region, logits.shape[1])
         return self.region_weight * region_loss + self.prototype_weight * prototype_loss

@@ -27,6 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from eroseg_at.attacks.objectives import predicted_classes
 from eroseg_at.evaluation.checkpoint import (
     CheckpointError,
     LoadedCheckpoint,
@@ -187,7 +188,7 @@ class Evaluator:
 
     def predict(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self.autocast():
-            return model(images).argmax(1)
+            return predicted_classes(model(images))
 
     def confusion(
         self, model: torch.nn.Module, loader: Any, num_classes: int, ignore_index: int, attack: Any = None

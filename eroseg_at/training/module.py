@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eroseg_at.attacks.objectives import predicted_classes
 from eroseg_at.metrics import SegmentationMetrics
 from eroseg_at.training.optim import build_optimizer, lr_factor
 
@@ -176,7 +177,7 @@ class SegmentationModule(L.LightningModule):
         loss_clean = self.loss(clean_logits, labels)
         loss_adv = self.loss(adv_logits, labels)
         loss = loss_clean + self.adversarial.adv_weight * loss_adv
-        flipped = clean_logits.argmax(1) != adv_logits.argmax(1)
+        flipped = predicted_classes(clean_logits) != predicted_classes(adv_logits)
         self.log_dict(
             {
                 "train/loss": loss,
@@ -200,7 +201,9 @@ class SegmentationModule(L.LightningModule):
                 "train/loss": loss,
                 "train/loss_clean": self.loss(logits[:half], labels[:half]),
                 "train/loss_adv": self.loss(adv_logits, adv_labels),
-                "train/adv_error_rate": self.valid_fraction(adv_logits.argmax(1) != adv_labels, adv_labels),
+                "train/adv_error_rate": self.valid_fraction(
+                    predicted_classes(adv_logits) != adv_labels, adv_labels
+                ),
             }
         )
         self.log("loss", loss, prog_bar=True, logger=False)
@@ -229,7 +232,7 @@ class SegmentationModule(L.LightningModule):
             self.val_examples = {
                 "images": images[:n].detach(),
                 "labels": labels[:n].detach(),
-                "clean_pred": clean_logits[:n].argmax(1).detach(),
+                "clean_pred": predicted_classes(clean_logits[:n]),
             }
         if not attacked:
             return
@@ -242,7 +245,7 @@ class SegmentationModule(L.LightningModule):
                 n = self.validation.example_images
                 self.val_examples["attack"] = name
                 self.val_examples["adv_images"] = adv_images[:n].detach()
-                self.val_examples["adv_pred"] = adv_logits[:n].argmax(1).detach()
+                self.val_examples["adv_pred"] = predicted_classes(adv_logits[:n])
 
     def on_validation_epoch_end(self) -> None:
         scores = {}

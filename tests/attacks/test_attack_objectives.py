@@ -12,7 +12,13 @@ from eroseg_at.attacks import RPPGD, SegPGD
 from eroseg_at.attacks.apgd import APGD_LOSSES, apgd_checkpoint_lengths
 from eroseg_at.attacks.cospgd import cospgd_weights
 from eroseg_at.attacks.eroseg import eroseg_class_weights, eroseg_sensitive_set, eroseg_threshold
-from eroseg_at.attacks.objectives import js_divergence, margin, pixel_cross_entropy, valid_mean
+from eroseg_at.attacks.objectives import (
+    js_divergence,
+    margin,
+    pixel_cross_entropy,
+    predicted_classes,
+    valid_mean,
+)
 from eroseg_at.attacks.rppgd import prototype_similarity, rppgd_region_weights, rppgd_regions
 from eroseg_at.attacks.segpgd import segpgd_lambda
 
@@ -33,6 +39,16 @@ def test_valid_mean_averages_over_valid_pixels_and_gives_zero_without_any():
     assert mean.tolist() == [2.0, 0.0]
     (gradient,) = torch.autograd.grad(mean.sum(), loss)
     assert gradient.tolist() == [[[0.5, 0.5, 0.0]], [[0.0, 0.0, 0.0]]]
+
+
+def test_predicted_classes_is_argmax_over_classes_with_the_first_class_on_ties():
+    logits = torch.randn(3, 5, 9, 7)
+    logits[0, :, 0, 0] = torch.tensor([0.0, 2.0, 1.0, 2.0, 2.0])  # a three-way tie: class 1
+    logits[1, :, 2, 3] = 4.0  # every class tied: class 0
+    predicted = predicted_classes(logits)
+    assert predicted.dtype == torch.int64 and predicted.shape == (3, 9, 7)
+    assert torch.equal(predicted, logits.argmax(1))
+    assert predicted[0, 0, 0] == 1 and predicted[1, 2, 3] == 0
 
 
 def test_pixel_cross_entropy_is_zero_on_ignored_pixels():
