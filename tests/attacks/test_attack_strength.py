@@ -1,6 +1,6 @@
 """Strength (slow): on Unet-resnet18 trained on ``shapes``, every attack lowers mIoU well below clean, and at
-an equal budget (eps 8/255, alpha 0.01, 10 steps) SegPGD and EroSeg end at or below PGD. Prints the measured
-mIoUs.
+an equal budget (eps 8/255, alpha 0.01, 10 steps) SegPGD ends at or below PGD and EroSeg within 0.6 points
+of it. Prints the measured mIoUs.
 
 The victim is trained by ``benchmarks/crosscheck_model.py`` on first use (minutes) and cached under
 ``.cache/``.
@@ -77,11 +77,11 @@ def test_segpgd_at_or_below_pgd(strength):
     assert results["segpgd"] <= results["pgd"], summary(results)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured on this victim: EroSeg 10.63/10.54/10.95 vs PGD 10.42/10.39/10.52 mIoU (seeds 0/1/2); "
-    "see docs/ATTACKS.md, 'Measured strength'",
-)
-def test_eroseg_at_or_below_pgd(strength):
+def test_eroseg_on_par_with_pgd(strength):
+    # EroSeg vs PGD is within half a point either way here, and which one is lower depends on the machine's
+    # float rounding (the victim is trained anew per machine): 10.63/10.54/10.95 vs 10.42/10.39/10.52
+    # (seeds 0/1/2) on one machine, 9.82 vs 9.96 (seed 0) on another. Broken on purpose on the second
+    # machine, EroSeg ends above PGD by 3.65 (attacking the wrong pixels instead of the correct ones),
+    # 0.98 (foreground and background weights swapped) or 0.82 (threshold fixed at tau0).
     _, results = strength
-    assert results["eroseg"] <= results["pgd"], summary(results)
+    assert results["eroseg"] <= results["pgd"] + 0.6, summary(results)
