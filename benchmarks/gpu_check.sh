@@ -27,11 +27,13 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to LOG_DI
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" \
     | tee "$LOG_DIR/device.log"
 stage tests 180 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider
-stage at_step 100 bash -c "
-    $PYTHON benchmarks/at_step.py --device cuda --batch 16 --size 64 --repeats 20 --precision 32 &&
-    $PYTHON benchmarks/at_step.py --device cuda --batch 16 --size 64 --repeats 20 --precision bf16 &&
-    $PYTHON benchmarks/at_step.py --device cuda --model deeplabv3 --encoder resnet50 --num-classes 21 \
-        --batch 8 --size 512 --repeats 5 --precision bf16"
+stage at_step 150 bash -c "
+    $PYTHON benchmarks/class_prediction.py --device cuda &&
+    for precision in 32 bf16; do
+        $PYTHON benchmarks/at_step.py --device cuda --batch 16 --size 64 --repeats 20 --precision \$precision &&
+        $PYTHON benchmarks/at_step.py --device cuda --model deeplabv3 --encoder resnet50 --num-classes 21 \
+            --batch 8 --size 512 --repeats 5 --precision \$precision || exit 1
+    done"
 SECONDS=0
 stage main_job 200 "$PYTHON" train.py experiment=shapes_eroseg_at trainer=gpu logger=csv dataset.num_workers=6
 echo "main job wall time: $SECONDS s" | tee -a "$LOG_DIR/main_job.log"
