@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from eroseg_at.attacks.objectives import predicted_classes
+from eroseg_at.predictions import predicted_classes
 
 
 def main() -> None:

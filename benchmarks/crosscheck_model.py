@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from eroseg_at.attacks.objectives import predicted_classes
 from eroseg_at.data.shapes import ShapesDataset
 from eroseg_at.models import build_model
+from eroseg_at.predictions import predicted_classes
 
 REPO = Path(__file__).resolve().parents[1]
 IGNORE_INDEX = 255

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from eroseg_at.attacks.objectives import predicted_classes
+from eroseg_at.predictions import predicted_classes
 
 
 def scores_from_confusion_matrix(confmat: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@
 """
 
 from eroseg_at.attacks.apgd import APGD
-from eroseg_at.attacks.base import Attack, IterativeAttack
+from eroseg_at.attacks.base import Attack, DatasetFacts, IterativeAttack
 from eroseg_at.attacks.cospgd import CosPGD
 from eroseg_at.attacks.cw import CW
 from eroseg_at.attacks.eroseg import EroSeg
@@ -20,6 +20,7 @@ __all__ = [
     "RPPGD",
     "Attack",
     "CosPGD",
+    "DatasetFacts",
     "EroSeg",
     "IterativeAttack",
     "SegPGD",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from eroseg_at.attacks.base import Attack, BestIterate, parse_number
+from eroseg_at.attacks.arguments import choice, number
+from eroseg_at.attacks.base import Attack, BestIterate, DatasetFacts
 from eroseg_at.attacks.objectives import correct_pixels, js_divergence, pixel_cross_entropy, valid_mean
 
 
@@ -43,6 +44,20 @@ APGD_LOSSES: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
     "mce_balanced": _balanced_masked_cross_entropy,
     "js": _js_divergence,
 }
+
+
+def balanced_class_weights(frequencies: Tensor) -> Tensor:
+    """Inverse-frequency class weights ``1 / (C' f_c)`` over the C' classes present (0 for absent ones).
+
+    Rare classes then weigh as much in total as frequent ones, and the pixel-weighted mean weight is 1.
+
+    Shape:
+        - frequencies: ``[C]`` summing to 1; output: ``[C]`` float32.
+    """
+    present = frequencies > 0
+    weights = torch.zeros_like(frequencies, dtype=torch.float64)
+    weights[present] = 1.0 / (present.sum() * frequencies[present].double())
+    return weights.float()
 
 
 def apgd_checkpoint_lengths(iterations: int) -> list[int]:
@@ -109,19 +124,19 @@ class APGD(Attack):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if loss not in APGD_LOSSES:
-            raise ValueError(f"loss must be one of {sorted(APGD_LOSSES)}, got {loss!r}")
-        self.loss = loss
+        self.loss = choice(loss, "loss", sorted(APGD_LOSSES))
         self.class_weights = _check_class_weights(class_weights, loss)
-        self.initial_step = parse_number(initial_step, "initial_step")
-        if self.initial_step <= 0:
-            raise ValueError(f"initial_step must be > 0, got {initial_step!r}")
-        self.momentum = parse_number(momentum, "momentum")
-        if not 0 <= self.momentum <= 1:
-            raise ValueError(f"momentum must lie in [0, 1], got {momentum!r}")
-        self.rho = parse_number(rho, "rho")
-        if not 0 <= self.rho <= 1:
-            raise ValueError(f"rho must lie in [0, 1], got {rho!r}")
+        self.initial_step = number(initial_step, "initial_step", minimum=0, exclusive_minimum=True)
+        self.momentum = number(momentum, "momentum", minimum=0, maximum=1)
+        self.rho = number(rho, "rho", minimum=0, maximum=1)
+
+    @classmethod
+    def dataset_arguments(cls, arguments: Mapping[str, Any], dataset: DatasetFacts) -> dict[str, Any]:
+        """The base's, plus inverse-frequency ``class_weights`` for ``mce_balanced`` unless given."""
+        extra = super().dataset_arguments(arguments, dataset)
+        if arguments.get("loss") == "mce_balanced" and arguments.get("class_weights") is None:
+            extra["class_weights"] = balanced_class_weights(dataset.class_frequencies())
+        return extra
 
     def _perturb(
         self, model: Callable, clean: Tensor, labels: Tensor, valid: Tensor, model_dtype: torch.dtype

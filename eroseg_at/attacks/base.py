@@ -6,85 +6,18 @@ model and no device, so one object serves a model that moves between devices or 
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from eroseg_at.attacks.arguments import boolean, choice, integer, number, optional_integer
 from eroseg_at.attacks.objectives import correct_pixels
 
 NORMS = ("linf", "l2")
-
-_FRACTION = re.compile(r"^\s*([^/\s]+)\s*(?:/\s*([^/\s]+)\s*)?$")
-
-
-def parse_number(value: float | int | str, name: str) -> float:
-    """Reads a float given as a number or as a string such as ``"8/255"`` or ``"0.03"``.
-
-    Hydra's override grammar does no arithmetic, so ``attack.eps=8/255`` arrives as a string; it is parsed
-    here without ``eval``.
-
-    Args:
-        value: A number, or a string holding a number or a fraction ``"a/b"``.
-        name: The parameter name, used in the error message.
-
-    Returns:
-        The value as a finite float.
-
-    Raises:
-        ValueError: If the value is not a finite number or a fraction of two numbers.
-    """
-    if isinstance(value, bool):
-        raise ValueError(
-            f"{name} must be a number or a fraction string such as '8/255', got the bool {value!r}"
-        )
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        match = _FRACTION.match(value)
-        try:
-            if match is None:
-                raise ValueError
-            numerator = float(match.group(1))
-            denominator = float(match.group(2)) if match.group(2) is not None else 1.0
-            number = numerator / denominator
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(
-                f"{name} must be a number or a fraction string such as '8/255', got {value!r}"
-            ) from None
-    else:
-        raise ValueError(
-            f"{name} must be a number or a fraction string such as '8/255', got {type(value).__name__} {value!r}"
-        )
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return number
-
-
-def check_int(value: Any, name: str, minimum: int) -> int:
-    """Returns ``value`` if it is an integer >= ``minimum``, else raises a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_unit_interval(value: float | int | str, name: str) -> float:
-    """Parses ``value`` with :func:`parse_number` and checks that it lies in [0, 1]."""
-    number = parse_number(value, name)
-    if not 0.0 <= number <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
-    return number
-
-
-def check_optional_class(value: Any, name: str) -> int | None:
-    """Returns ``value`` if it is None or a class index >= 0, else raises a ValueError naming ``name``."""
-    if value is None:
-        return None
-    return check_int(value, name, 0)
 
 
 @contextmanager
@@ -107,6 +40,22 @@ def eval_mode(model: Callable[[Tensor], Any]) -> Iterator[None]:
             module.training = training
 
 
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What an attack may take from the dataset it attacks (see :meth:`Attack.dataset_arguments`).
+
+    Attributes:
+        ignore_index: The label that never counts.
+        background_class: The class EroSeg weights ``1 − λ``; None where no class is background.
+        class_frequencies: Returns the ``[C]`` pixel frequencies of the training split (summing to 1);
+            called only by attacks that need them, because counting them may read the whole split.
+    """
+
+    ignore_index: int
+    background_class: int | None
+    class_frequencies: Callable[[], Tensor]
+
+
 class Attack:
     """Base class: argument checks, the model-call contract, random start and projection.
 
@@ -127,9 +76,9 @@ class Attack:
             global generator.
     """
 
-    name: str = ""
-    supports_targeted: bool = False
-    uses_features: bool = False
+    name: ClassVar[str] = ""
+    supports_targeted: ClassVar[bool] = False
+    uses_features: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -141,25 +90,27 @@ class Attack:
         targeted: bool = False,
         seed: int | None = None,
     ) -> None:
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        self.norm = norm
-        self.eps = check_unit_interval(eps, "eps") if norm == "linf" else parse_number(eps, "eps")
-        if self.eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps!r}")
-        self.steps = check_int(steps, "steps", 1)
-        if not isinstance(random_start, bool):
-            raise ValueError(f"random_start must be a bool, got {random_start!r}")
-        self.random_start = random_start
+        self.norm = choice(norm, "norm", NORMS)
+        self.eps = number(eps, "eps", minimum=0, maximum=1 if norm == "linf" else None)
+        self.steps = integer(steps, "steps", 1)
+        self.random_start = boolean(random_start, "random_start")
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise ValueError(f"ignore_index must be an integer, got {ignore_index!r}")
         self.ignore_index = ignore_index
-        if not isinstance(targeted, bool):
-            raise ValueError(f"targeted must be a bool, got {targeted!r}")
+        self.targeted = boolean(targeted, "targeted")
         if targeted and not self.supports_targeted:
             raise ValueError(f"attack {self.name!r} has no targeted form; targeted must be False")
-        self.targeted = targeted
-        self.seed = None if seed is None else check_int(seed, "seed", 0)
+        self.seed = optional_integer(seed, "seed", 0)
+
+    @classmethod
+    def dataset_arguments(cls, arguments: Mapping[str, Any], dataset: DatasetFacts) -> dict[str, Any]:
+        """The constructor arguments to add to the user's ``arguments`` from the dataset.
+
+        Evaluation builds attacks from suite entries and the dataset at hand; each attack class says here
+        what it takes from the dataset (the base: ``ignore_index``), so the evaluation needs no knowledge
+        of particular attacks. An argument the user gave is never replaced.
+        """
+        return {} if "ignore_index" in arguments else {"ignore_index": dataset.ignore_index}
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
@@ -328,12 +279,8 @@ class IterativeAttack(Attack):
 
     def __init__(self, alpha: float | str = 0.01, track_best: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.alpha = parse_number(alpha, "alpha")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {alpha!r}")
-        if not isinstance(track_best, bool):
-            raise ValueError(f"track_best must be a bool, got {track_best!r}")
-        self.track_best = track_best
+        self.alpha = number(alpha, "alpha", minimum=0, exclusive_minimum=True)
+        self.track_best = boolean(track_best, "track_best")
 
     def objective(
         self, logits: Tensor, features: Tensor | None, labels: Tensor, valid: Tensor, step: int, state: dict

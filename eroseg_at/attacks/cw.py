@@ -6,7 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
-from eroseg_at.attacks.base import IterativeAttack, parse_number
+from eroseg_at.attacks.arguments import number
+from eroseg_at.attacks.base import IterativeAttack
 from eroseg_at.attacks.objectives import margin, valid_mean
 
 
@@ -30,9 +31,7 @@ class CW(IterativeAttack):
 
     def __init__(self, kappa: float | str = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.kappa = parse_number(kappa, "kappa")
-        if self.kappa < 0:
-            raise ValueError(f"kappa must be >= 0, got {kappa!r}")
+        self.kappa = number(kappa, "kappa", minimum=0)
 
     def objective(
         self, logits: Tensor, features: Tensor | None, labels: Tensor, valid: Tensor, step: int, state: dict

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from eroseg_at.attacks.base import (
-    IterativeAttack,
-    check_int,
-    check_optional_class,
-    check_unit_interval,
-    parse_number,
-)
+from eroseg_at.attacks.arguments import integer, number, optional_integer
+from eroseg_at.attacks.base import DatasetFacts, IterativeAttack
 from eroseg_at.attacks.objectives import correct_pixels, pixel_cross_entropy, valid_mean
 
 
@@ -98,15 +93,19 @@ class EroSeg(IterativeAttack):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.tau0 = check_unit_interval(tau0, "tau0")
-        if self.tau0 == 0:
-            raise ValueError(f"tau0 must lie in (0, 1], got {tau0!r}")
-        self.beta = parse_number(beta, "beta")
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta!r}")
-        self.lam = check_unit_interval(lam, "lam")
-        self.background_class = check_optional_class(background_class, "background_class")
-        self.schedule_offset = check_int(schedule_offset, "schedule_offset", 0)
+        self.tau0 = number(tau0, "tau0", minimum=0, maximum=1, exclusive_minimum=True)
+        self.beta = number(beta, "beta", minimum=0)
+        self.lam = number(lam, "lam", minimum=0, maximum=1)
+        self.background_class = optional_integer(background_class, "background_class", 0)
+        self.schedule_offset = integer(schedule_offset, "schedule_offset", 0)
+
+    @classmethod
+    def dataset_arguments(cls, arguments: Mapping[str, Any], dataset: DatasetFacts) -> dict[str, Any]:
+        """The base's, plus the dataset's ``background_class`` (weighted ``1 − λ``) unless given."""
+        extra = super().dataset_arguments(arguments, dataset)
+        if "background_class" not in arguments:
+            extra["background_class"] = dataset.background_class
+        return extra
 
     def _init_state(
         self, model: Callable, clean: Tensor, labels: Tensor, valid: Tensor, model_dtype: torch.dtype

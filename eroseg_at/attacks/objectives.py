@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from eroseg_at.predictions import predicted_classes
+
 
 def valid_mean(pixel_loss: Tensor, valid: Tensor) -> Tensor:
     """Averages a per-pixel map over the valid pixels of each image.
@@ -25,20 +27,6 @@ def valid_mean(pixel_loss: Tensor, valid: Tensor) -> Tensor:
     """
     count = valid.flatten(1).sum(1).clamp_min(1)
     return torch.where(valid, pixel_loss, 0.0).flatten(1).sum(1) / count
-
-
-def predicted_classes(logits: Tensor) -> Tensor:
-    """The class of highest logit per pixel, the first one on ties (as ``argmax``).
-
-    ``max(1).indices`` rather than ``argmax(1)``: on the CPU, ``argmax`` over the strided class dimension
-    of an NCHW tensor is many times slower (11 ms against 0.7 ms for 16×7×64×64, 7× at 8×21×128×128:
-    ``benchmarks/class_prediction.py``), which made it a sixth of a 3-step EroSeg attack on the default
-    model.
-
-    Shape:
-        logits: [B, C, H, W]; output: [B, H, W] int64.
-    """
-    return logits.detach().max(1).indices
 
 
 def correct_pixels(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:

@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eroseg_at.attacks.base import IterativeAttack, parse_number
-from eroseg_at.attacks.objectives import correct_pixels, pixel_cross_entropy, predicted_classes, valid_mean
+from eroseg_at.attacks.arguments import number
+from eroseg_at.attacks.base import IterativeAttack
+from eroseg_at.attacks.objectives import correct_pixels, pixel_cross_entropy, valid_mean
+from eroseg_at.predictions import predicted_classes
 
 
 def rppgd_region_weights(step: int, steps: int) -> tuple[float, float, float]:
@@ -91,8 +93,8 @@ class RPPGD(IterativeAttack):
         self, region_weight: float | str = 0.75, prototype_weight: float | str = 0.25, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.region_weight = parse_number(region_weight, "region_weight")
-        self.prototype_weight = parse_number(prototype_weight, "prototype_weight")
+        self.region_weight = number(region_weight, "region_weight", minimum=0)
+        self.prototype_weight = number(prototype_weight, "prototype_weight", minimum=0)
 
     def _init_state(
         self, model: Callable, clean: Tensor, labels: Tensor, valid: Tensor, model_dtype: torch.dtype

@@ -27,7 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from eroseg_at.attacks.objectives import predicted_classes
+from eroseg_at.attacks import DatasetFacts
 from eroseg_at.evaluation.checkpoint import (
     CheckpointError,
     LoadedCheckpoint,
@@ -42,6 +42,7 @@ from eroseg_at.evaluation.worst_case import (
     worst_case,
 )
 from eroseg_at.metrics import scores_from_confusion_matrix
+from eroseg_at.predictions import predicted_classes
 from eroseg_at.training.runner import build_model_from_config
 
 # fp16 is left out: autograd.grad is not loss-scaled, so input gradients would underflow.
@@ -223,8 +224,9 @@ class Evaluator:
         model.eval()
         loader = datamodule.full_resolution_dataloader()
         num_classes, ignore_index = datamodule.num_classes, datamodule.ignore_index
-        needs_frequencies = any(run.params.get("loss") == "mce_balanced" for run in runs)
-        frequencies = datamodule.class_frequencies() if needs_frequencies else None
+        facts = DatasetFacts(
+            datamodule.ignore_index, datamodule.background_class, datamodule.class_frequencies
+        )
         report = CheckpointReport(
             path=path,
             sha256=checkpoint.sha256,
@@ -254,7 +256,7 @@ class Evaluator:
         )
         attacked: dict[tuple[str, str], torch.Tensor] = {}
         for run in runs:
-            attack = build_run_attack(run, ignore_index, datamodule.background_class, frequencies)
+            attack = build_run_attack(run, facts)
             # Reseeded per run, so each run's random starts do not depend on which runs came before it.
             L.seed_everything(cfg.seed, verbose=False)
             started = time.perf_counter()
@@ -266,7 +268,7 @@ class Evaluator:
             if run.kind == "attack" and run.key in members:
                 attacked[(run.eps_text, run.key)] = confusion
         report.rows.extend(self.worst_case_rows(runs, members, clean, attacked))
-        report.example = self.example(model, loader, runs, report.rows, datamodule, frequencies)
+        report.example = self.example(model, loader, runs, report.rows, facts)
         return report
 
     def worst_case_rows(
@@ -309,8 +311,7 @@ class Evaluator:
         loader: Any,
         runs: list[AttackRun],
         rows: list[dict],
-        datamodule: Any,
-        frequencies: torch.Tensor | None,
+        facts: DatasetFacts,
     ) -> Example | None:
         """The first images under the suite attack of lowest mIoU at the largest budget (rerun on them)."""
         count = int(self.cfg.example_images)
@@ -324,7 +325,7 @@ class Evaluator:
         )
         images, labels = next(self.batches(loader))
         images, labels = images[:count], labels[:count]
-        attack = build_run_attack(run, datamodule.ignore_index, datamodule.background_class, frequencies)
+        attack = build_run_attack(run, facts)
         L.seed_everything(self.cfg.seed, verbose=False)
         with self.autocast():
             adversarial = attack(model, images, labels)

@@ -6,10 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from eroseg_at.attacks import available_attacks, build_attack
-from eroseg_at.attacks.base import Attack, parse_number
+from eroseg_at.attacks.arguments import parse_number
+from eroseg_at.attacks.base import Attack, DatasetFacts
 
 # Keys of a suite entry that describe the entry; every other key is an argument of the attack.
 ENTRY_KEYS = ("attack", "label")
@@ -116,33 +115,6 @@ def worst_case_members(suite: Mapping[str, Any]) -> list[str]:
     return members
 
 
-def balanced_class_weights(frequencies: torch.Tensor) -> torch.Tensor:
-    """Inverse-frequency class weights ``1 / (C' f_c)`` over the C' classes present (0 for absent ones).
-
-    Rare classes then weigh as much in total as frequent ones, and the pixel-weighted mean weight is 1.
-
-    Shape:
-        - frequencies: ``[C]`` summing to 1; output: ``[C]`` float32.
-    """
-    present = frequencies > 0
-    weights = torch.zeros_like(frequencies, dtype=torch.float64)
-    weights[present] = 1.0 / (present.sum() * frequencies[present].double())
-    return weights.float()
-
-
-def build_run_attack(
-    run: AttackRun,
-    ignore_index: int,
-    background_class: int | None,
-    class_frequencies: torch.Tensor | None = None,
-) -> Attack:
-    """The attack of ``run`` with the dataset's ``ignore_index``, EroSeg's ``background_class`` and, for
-    APGD's ``mce_balanced`` loss, inverse-frequency class weights (unless the entry sets them)."""
-    params = dict(run.params)
-    if run.attack == "eroseg":
-        params.setdefault("background_class", background_class)
-    if params.get("loss") == "mce_balanced" and params.get("class_weights") is None:
-        if class_frequencies is None:
-            raise ValueError(f"attack {run.key}: loss mce_balanced needs class frequencies or class_weights")
-        params["class_weights"] = balanced_class_weights(class_frequencies)
-    return build_attack(run.attack, eps=run.eps_text, ignore_index=ignore_index, **params)
+def build_run_attack(run: AttackRun, dataset: DatasetFacts) -> Attack:
+    """The attack of ``run`` at its budget, with what its class takes from ``dataset``."""
+    return build_attack(run.attack, dataset=dataset, eps=run.eps_text, **run.params)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eroseg_at.attacks.objectives import predicted_classes
 from eroseg_at.metrics import SegmentationMetrics
+from eroseg_at.predictions import predicted_classes
 from eroseg_at.training.optim import build_optimizer, lr_factor
 
 AT_OBJECTIVES = ("clean_plus_adv", "half_adv")

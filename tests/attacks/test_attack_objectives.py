@@ -16,11 +16,11 @@ from eroseg_at.attacks.objectives import (
     js_divergence,
     margin,
     pixel_cross_entropy,
-    predicted_classes,
     valid_mean,
 )
 from eroseg_at.attacks.rppgd import prototype_similarity, rppgd_region_weights, rppgd_regions
 from eroseg_at.attacks.segpgd import segpgd_lambda
+from eroseg_at.predictions import predicted_classes
 
 
 def logits_from_probabilities(probabilities: list[list[float]]) -> torch.Tensor:

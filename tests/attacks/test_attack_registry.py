@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from eroseg_at.attacks import APGD, Attack, EroSeg, available_attacks, build_attack
-from eroseg_at.attacks.base import parse_number
+from eroseg_at.attacks.arguments import parse_number
 from eroseg_at.attacks.registry import ATTACKS
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf" / "attack"
@@ -82,7 +82,7 @@ def test_targeted_only_where_the_method_has_a_targeted_form():
     "kwargs, message",
     [
         ({"tau0": 0}, "tau0 must lie in \\(0, 1\\]"),
-        ({"tau0": 1.5}, "tau0 must lie in \\[0, 1\\]"),
+        ({"tau0": 1.5}, "tau0 must lie in \\(0, 1\\]"),
         ({"lam": "7/5"}, "lam must lie in \\[0, 1\\], got '7/5'"),
         ({"beta": -1}, "beta must be >= 0"),
         ({"background_class": -1}, "background_class must be an integer >= 0"),

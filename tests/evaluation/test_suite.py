@@ -6,14 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from eroseg_at.attacks import available_attacks
+from eroseg_at.attacks import DatasetFacts, available_attacks
+from eroseg_at.attacks.apgd import balanced_class_weights
 from eroseg_at.configs import CONF_DIR
-from eroseg_at.evaluation.suite import (
-    balanced_class_weights,
-    build_run_attack,
-    expand_suite,
-    worst_case_members,
-)
+from eroseg_at.evaluation.suite import build_run_attack, expand_suite, worst_case_members
 from tests.evaluation.conftest import compose_evaluate_config
 
 SUITES = sorted(path.stem for path in (CONF_DIR / "suite").glob("*.yaml"))
@@ -26,7 +22,7 @@ def test_every_suite_option_expands_into_buildable_attacks(suite, tmp_path):
     runs = expand_suite(spec, list(cfg.eps))
     assert runs
     for run in runs:
-        attack = build_run_attack(run, 255, background_class=0, class_frequencies=torch.full((7,), 1 / 7))
+        attack = build_run_attack(run, DatasetFacts(255, 0, lambda: torch.full((7,), 1 / 7)))
         assert attack.eps == pytest.approx(run.eps) and attack.steps == run.steps
     assert set(worst_case_members(spec)) <= set(spec["attacks"])
 
@@ -89,9 +85,25 @@ def test_balanced_weights_give_rare_classes_the_weight_of_frequent_ones():
 
 def test_dataset_settings_reach_the_attacks():
     (eroseg,) = expand_suite({"attacks": {"e": {"attack": "eroseg", "steps": 2}}}, ["4/255"])
-    assert build_run_attack(eroseg, ignore_index=254, background_class=None).background_class is None
+
+    def unused_frequencies():
+        raise AssertionError("only mce_balanced needs the class frequencies")
+
+    attack = build_run_attack(eroseg, DatasetFacts(254, None, unused_frequencies))
+    assert attack.background_class is None and attack.ignore_index == 254
+    assert build_run_attack(eroseg, DatasetFacts(255, 3, unused_frequencies)).background_class == 3
     (apgd,) = expand_suite(
         {"attacks": {"a": {"attack": "apgd", "steps": 2, "loss": "mce_balanced"}}}, ["4/255"]
     )
-    attack = build_run_attack(apgd, 255, 0, class_frequencies=torch.tensor([0.5, 0.5]))
+    attack = build_run_attack(apgd, DatasetFacts(255, 0, lambda: torch.tensor([0.5, 0.5])))
     assert attack.ignore_index == 255 and torch.allclose(attack.class_weights, torch.ones(2))
+
+
+def test_arguments_a_suite_entry_gives_win_over_the_datasets():
+    (eroseg,) = expand_suite({"attacks": {"e": {"attack": "eroseg", "background_class": None}}}, ["4/255"])
+    assert build_run_attack(eroseg, DatasetFacts(255, 0, torch.ones)).background_class is None
+    (apgd,) = expand_suite(
+        {"attacks": {"a": {"attack": "apgd", "loss": "mce_balanced", "class_weights": [1.0, 3.0]}}}, ["4/255"]
+    )
+    attack = build_run_attack(apgd, DatasetFacts(255, 0, lambda: torch.tensor([0.5, 0.5])))
+    assert attack.class_weights.tolist() == [1.0, 3.0]
