@@ -70,6 +70,26 @@ def number(
     return parsed
 
 
+def number_sequence(
+    value: Any,
+    name: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+) -> tuple[float, ...]:
+    """A non-empty sequence (not a string) of :func:`number` values, each checked as ``name[i]``.
+
+    Raises:
+        ValueError: ``"<name> must be a non-empty sequence of numbers, got v"``, or an element's own error.
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+        raise ValueError(f"{name} must be a non-empty sequence of numbers, got {value!r}")
+    return tuple(
+        number(item, f"{name}[{index}]", minimum, maximum, exclusive_minimum)
+        for index, item in enumerate(value)
+    )
+
+
 def integer(value: Any, name: str, minimum: int) -> int:
     """Returns ``value`` if it is an integer (not a bool) >= ``minimum``, else raises a ValueError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -1,7 +1,8 @@
 """The shared machinery of every attack: argument parsing, the model-call contract and the PGD loop.
 
 An attack is built once from its hyper-parameters and called as ``attack(model, images, labels)``; it holds no
-model and no device, so one object serves a model that moves between devices or is wrapped by DDP.
+model and no device, so one object serves a model that moves between devices or is wrapped by DDP. A seeded
+attack keeps one random generator per device it has run on, so its random starts advance from call to call.
 """
 
 from __future__ import annotations
@@ -41,6 +42,19 @@ def eval_mode(model: Callable[[Tensor], Any]) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class Ball:
+    """The set an iterate is projected onto: the ball of ``radius`` around the clean image, within [0, 1].
+
+    Attributes:
+        radius: Radius in the attack's norm.
+        bounds: For ℓ∞, the box ``(max(clean − radius, 0), min(clean + radius, 1))``; None for ℓ2.
+    """
+
+    radius: float
+    bounds: tuple[Tensor, Tensor] | None
+
+
+@dataclass(frozen=True)
 class DatasetFacts:
     """What an attack may take from the dataset it attacks (see :meth:`Attack.dataset_arguments`).
 
@@ -72,9 +86,15 @@ class Attack:
         ignore_index: Label value of pixels that never contribute to the objective, default 255.
         targeted: Steer the prediction towards ``labels`` (the target map) instead of away from it, default
             False; only attacks whose class attribute ``supports_targeted`` is true accept it.
-        seed: Seed of the random start (a ``torch.Generator`` on the images' device); None (default) uses the
-            global generator.
+        seed: Seed of the random starts; None (default) uses the global generator. The attack creates one
+            ``torch.Generator`` per device, seeded with ``seed``, at its first call on that device, and every
+            later call draws on from it: a seed fixes the sequence of a whole run, and a fresh attack object
+            with the same seed reproduces it call by call.
     """
+
+    # The generators are run state, not parameters: a slot keeps them out of ``vars(attack)``, which lists the
+    # parameters (``repr``, the evaluation report). ``__dict__`` keeps subclasses free to add attributes.
+    __slots__ = ("__dict__", "_generators")
 
     name: ClassVar[str] = ""
     supports_targeted: ClassVar[bool] = False
@@ -101,6 +121,7 @@ class Attack:
         if targeted and not self.supports_targeted:
             raise ValueError(f"attack {self.name!r} has no targeted form; targeted must be False")
         self.seed = optional_integer(seed, "seed", 0)
+        self._generators: dict[torch.device, torch.Generator] = {}
 
     @classmethod
     def dataset_arguments(cls, arguments: Mapping[str, Any], dataset: DatasetFacts) -> dict[str, Any]:
@@ -126,7 +147,9 @@ class Attack:
             labels: Ground-truth label map (the target map when ``targeted``), ``ignore_index`` allowed.
 
         Returns:
-            Adversarial images inside the eps-ball around ``images`` and inside [0, 1].
+            Adversarial images inside the eps-ball around ``images`` and inside [0, 1], in the dtype of
+            ``images``: a low-precision result is rounded towards ``images`` (:func:`in_dtype`), so the ball
+            holds for the returned values themselves.
 
         Shape:
             images: [B, 3, H, W] float; labels: [B, H, W] integer; output: like ``images`` (same dtype and
@@ -140,7 +163,7 @@ class Attack:
             labels = labels.detach().to(torch.int64, copy=True)
             valid = labels != self.ignore_index
             adversarial = self._perturb(model, clean, labels, valid, images.dtype)
-        return adversarial.to(images.dtype)
+        return in_dtype(adversarial, clean, images.dtype)
 
     def _check_inputs(self, images: Tensor, labels: Tensor) -> None:
         if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
@@ -168,9 +191,15 @@ class Attack:
     ) -> Tensor:
         raise NotImplementedError
 
-    def _forward(self, model: Callable, x: Tensor, model_dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
-        """Runs the model; returns float32 logits and, for ``uses_features`` attacks, the decoder features."""
-        x_model = x if model_dtype == torch.float32 else x.to(model_dtype)
+    def _forward(
+        self, model: Callable, x: Tensor, clean: Tensor, model_dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor | None]:
+        """Runs the model; returns float32 logits and, for ``uses_features`` attacks, the decoder features.
+
+        The model sees ``x`` as :meth:`__call__` would return it (:func:`in_dtype`), so the pixel error of an
+        evaluated iterate is the pixel error of the image the attack returns for it.
+        """
+        x_model = in_dtype(x, clean, model_dtype)
         if not self.uses_features:
             return model(x_model).float(), None
         logits_and_features = getattr(model, "logits_and_features", None)
@@ -183,34 +212,50 @@ class Attack:
         logits, features = logits_and_features(x_model)
         return logits.float(), features.float()
 
-    def _start(self, clean: Tensor) -> Tensor:
-        """The first iterate: the clean image, or a uniform random point of the ball clipped to [0, 1]."""
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        """The seeded generator of ``device``, created at the first call there; None without a seed."""
+        if self.seed is None:
+            return None
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
+
+    def _ball(self, clean: Tensor, radius: float | None = None) -> Ball:
+        """The ball of ``radius`` (default ``eps``) around ``clean``, intersected with [0, 1]."""
+        radius = self.eps if radius is None else radius
+        if self.norm != "linf":
+            return Ball(radius, None)
+        return Ball(radius, ((clean - radius).clamp_(min=0), (clean + radius).clamp_(max=1)))
+
+    def _start(self, clean: Tensor, radius: float | None = None) -> Tensor:
+        """The first iterate: the clean image, or a uniform random point of the ball clipped to [0, 1].
+
+        ``radius`` defaults to ``eps``. ℓ∞: uniform in the box. ℓ2: uniform in the ball, i.e. a Gaussian
+        direction (uniform on the sphere) with radius ``radius · u^(1/d)``, u uniform in [0, 1] and d the
+        number of values per image (the volume of a ball grows as r^d).
+        """
         if not self.random_start:
             return clean.clone()
-        generator = None
-        if self.seed is not None:
-            generator = torch.Generator(device=clean.device).manual_seed(self.seed)
+        radius = self.eps if radius is None else radius
+        generator = self._generator(clean.device)
         if self.norm == "linf":
             delta = torch.rand(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
-            delta.mul_(2).sub_(1).mul_(self.eps)
+            delta.mul_(2).sub_(1).mul_(radius)
         else:
-            # A Gaussian direction is uniform on the sphere; the radius is uniform in [0, eps].
             direction = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
-            radius = torch.rand(
+            length = torch.rand(
                 (clean.shape[0], 1, 1, 1), generator=generator, device=clean.device, dtype=clean.dtype
-            ).mul_(self.eps)
-            delta = direction.mul_(radius / _per_image_norm(direction))
+            )
+            length.pow_(1.0 / clean[0].numel()).mul_(radius)
+            delta = direction.mul_(length / _per_image_norm(direction))
         return (clean + delta).clamp_(0, 1)
 
-    def _project(self, x: Tensor, clean: Tensor, bounds: tuple[Tensor, Tensor] | None) -> Tensor:
-        """Projects ``x`` in place onto the eps-ball around ``clean`` intersected with [0, 1].
-
-        ``bounds`` are the precomputed ℓ∞ box ``(max(clean - eps, 0), min(clean + eps, 1))``; None for ℓ2.
-        """
-        if bounds is not None:
-            return x.clamp_(bounds[0], bounds[1])
+    def _project(self, x: Tensor, clean: Tensor, ball: Ball) -> Tensor:
+        """Projects ``x`` in place onto ``ball`` (around ``clean``, within [0, 1])."""
+        if ball.bounds is not None:
+            return x.clamp_(ball.bounds[0], ball.bounds[1])
         delta = x.sub_(clean)
-        delta.mul_((self.eps / _per_image_norm(delta)).clamp_(max=1.0))
+        delta.mul_((ball.radius / _per_image_norm(delta)).clamp_(max=1.0))
         return delta.add_(clean).clamp_(0, 1)
 
     def _direction(self, gradient: Tensor) -> Tensor:
@@ -221,11 +266,6 @@ class Attack:
         if self.norm == "linf":
             return gradient.sign_()
         return gradient.div_(_per_image_norm(gradient))
-
-    def _linf_bounds(self, clean: Tensor) -> tuple[Tensor, Tensor] | None:
-        if self.norm != "linf":
-            return None
-        return (clean - self.eps).clamp_(min=0), (clean + self.eps).clamp_(max=1)
 
     def _pixel_error(self, logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
         """Per image, the fraction of valid pixels the attack has not yet won (lower is a stronger attack).
@@ -238,6 +278,30 @@ class Attack:
         hit = correct_pixels(logits, labels, valid)
         remaining = (valid & ~hit) if self.targeted else hit
         return remaining.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
+
+
+def in_dtype(x: Tensor, clean: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` in ``dtype``, rounded towards ``clean`` wherever rounding to nearest would move it away from it.
+
+    ``clean`` must be exact in ``dtype`` (it is the input image). Then ``|result − clean| ≤ |x − clean|``
+    elementwise, so a point of the ℓ∞ or ℓ2 ball within [0, 1] stays inside them after a cast to bf16 or
+    float16, whose rounding to nearest can otherwise step up to half a unit in the last place out of the
+    ball. Dtypes at least as precise as ``x``'s are a plain cast. Gradients pass as through a cast.
+
+    Shape:
+        x, clean: [B, C, H, W] float32; output: like ``x``, in ``dtype``.
+    """
+    nearest = x.to(dtype)
+    if torch.finfo(dtype).eps <= torch.finfo(x.dtype).eps:
+        return nearest
+    with torch.no_grad():
+        widened = nearest.to(x.dtype)
+        # Exact comparisons, no subtraction: the decision itself must not round.
+        outward = ((widened > x) & (x > clean)) | ((widened < x) & (x < clean))
+        inward = torch.where(outward, torch.nextafter(nearest, clean.to(dtype)), nearest)
+    # Adjacent values differ by a power of two, so the sum is exact: it equals ``inward``, with the gradient of
+    # the cast.
+    return nearest + (inward - nearest.detach())
 
 
 def _per_image_norm(x: Tensor) -> Tensor:
@@ -303,12 +367,12 @@ class IterativeAttack(Attack):
         self, model: Callable, clean: Tensor, labels: Tensor, valid: Tensor, model_dtype: torch.dtype
     ) -> Tensor:
         state = self._init_state(model, clean, labels, valid, model_dtype)
-        bounds = self._linf_bounds(clean)
+        ball = self._ball(clean)
         x = self._start(clean)
         best = None
         for step in range(self.steps):
             x.requires_grad_(True)
-            logits, features = self._forward(model, x, model_dtype)
+            logits, features = self._forward(model, x, clean, model_dtype)
             # Softmax and losses in float32 even under autocast: low-precision probabilities saturate.
             with torch.autocast(device_type=x.device.type, enabled=False):
                 loss = self.objective(logits, features, labels, valid, step, state)
@@ -322,10 +386,10 @@ class IterativeAttack(Attack):
                     else:
                         best.update(x, error)
                 x.add_(self._direction(gradient), alpha=self.alpha)
-                self._project(x, clean, bounds)
+                self._project(x, clean, ball)
         if best is None:
             return x
         with torch.no_grad():
-            logits, _ = self._forward(model, x, model_dtype)
+            logits, _ = self._forward(model, x, clean, model_dtype)
             best.update(x, self._pixel_error(logits, labels, valid))
         return best.x

@@ -20,6 +20,21 @@ def cospgd_weights(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
     return (label_log_probability(logits, labels, valid).exp() / probs_norm).masked_fill(~valid, 0.0)
 
 
+def cospgd_loss(logits: Tensor, labels: Tensor, valid: Tensor, targeted: bool = False) -> Tensor:
+    """CosPGD's per-image loss: ``1/|V| Σ cos · CE``; targeted ``−1/|V| Σ (1 − cos) · CE(f, t)``.
+
+    The cosine comes from :func:`cospgd_weights` (detached).
+
+    Shape:
+        logits: [B, C, H, W]; labels, valid: [B, H, W]; output: [B].
+    """
+    cosine = cospgd_weights(logits, labels, valid)
+    cross_entropy = pixel_cross_entropy(logits, labels, valid)
+    if targeted:
+        return -valid_mean((1 - cosine) * cross_entropy, valid)
+    return valid_mean(cosine * cross_entropy, valid)
+
+
 class CosPGD(IterativeAttack):
     """CosPGD: pixels the model is still confident and right about get the most weight.
 
@@ -42,8 +57,4 @@ class CosPGD(IterativeAttack):
     def objective(
         self, logits: Tensor, features: Tensor | None, labels: Tensor, valid: Tensor, step: int, state: dict
     ) -> Tensor:
-        cosine = cospgd_weights(logits, labels, valid)
-        cross_entropy = pixel_cross_entropy(logits, labels, valid)
-        if self.targeted:
-            return -valid_mean((1 - cosine) * cross_entropy, valid)
-        return valid_mean(cosine * cross_entropy, valid)
+        return cospgd_loss(logits, labels, valid, self.targeted)

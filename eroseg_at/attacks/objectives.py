@@ -29,6 +29,20 @@ def valid_mean(pixel_loss: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid, pixel_loss, 0.0).flatten(1).sum(1) / count
 
 
+def image_mean(pixel_loss: Tensor, valid: Tensor) -> Tensor:
+    """Averages a per-pixel map over all H·W pixels of each image, invalid pixels counting as 0.
+
+    The papers' ``1/(HW) Σ`` normalisation; unlike :func:`valid_mean` it shrinks an image's loss with the
+    share of its pixels that are ignored.
+
+    Shape:
+        pixel_loss: [B, H, W], float; its value at invalid pixels is discarded.
+        valid: [B, H, W], bool.
+        output: [B].
+    """
+    return torch.where(valid, pixel_loss, 0.0).flatten(1).sum(1) / valid[0].numel()
+
+
 def correct_pixels(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
     """Valid pixels whose predicted class equals the label.
 

@@ -9,10 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eroseg_at.attacks.arguments import number
+from eroseg_at.attacks.arguments import choice, number
 from eroseg_at.attacks.base import IterativeAttack
-from eroseg_at.attacks.objectives import correct_pixels, pixel_cross_entropy, valid_mean
+from eroseg_at.attacks.objectives import correct_pixels, image_mean, pixel_cross_entropy, valid_mean
 from eroseg_at.predictions import predicted_classes
+
+# How L_R's sum is normalised per image: "image" by H·W (the paper's), "valid" by the valid-pixel count |V|.
+REGION_NORMALIZATIONS = {"image": image_mean, "valid": valid_mean}
 
 
 def rppgd_region_weights(step: int, steps: int) -> tuple[float, float, float]:
@@ -67,7 +70,7 @@ class RPPGD(IterativeAttack):
     """RP-PGD: shifts weight from still-correct pixels to freshly flipped ones, and confuses class prototypes.
 
     Objective (ascended) at iteration t = 1..T: ``L = w_R · L_R + w_P · L_P`` with
-    ``L_R = 1/|V| (λ1 Σ_True CE + λ2 Σ_Boundary CE + λ3 Σ_False CE)`` (weights from
+    ``L_R = 1/(HW) (λ1 Σ_True CE + λ2 Σ_Boundary CE + λ3 Σ_False CE)`` (weights from
     :func:`rppgd_region_weights`, regions from :func:`rppgd_regions`) and ``L_P`` the mean pairwise cosine
     similarity of the class prototypes of the decoder features over the True region
     (:func:`prototype_similarity`). Regions are relative to the clean image; with ``random_start`` that
@@ -78,6 +81,8 @@ class RPPGD(IterativeAttack):
     Args:
         region_weight: w_R, default 0.75.
         prototype_weight: w_P, default 0.25.
+        region_normalization: ``"image"`` (default, the paper's): ``L_R`` divides by H·W, so ignored pixels
+            shrink ``L_R`` against ``L_P``; ``"valid"``: by the image's valid-pixel count |V|.
         **kwargs: The common arguments of :class:`~eroseg_at.attacks.base.IterativeAttack` (eps, alpha,
             steps, norm, random_start, ignore_index, track_best, seed).
 
@@ -90,11 +95,18 @@ class RPPGD(IterativeAttack):
     uses_features = True
 
     def __init__(
-        self, region_weight: float | str = 0.75, prototype_weight: float | str = 0.25, **kwargs: Any
+        self,
+        region_weight: float | str = 0.75,
+        prototype_weight: float | str = 0.25,
+        region_normalization: str = "image",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.region_weight = number(region_weight, "region_weight", minimum=0)
         self.prototype_weight = number(prototype_weight, "prototype_weight", minimum=0)
+        self.region_normalization = choice(
+            region_normalization, "region_normalization", tuple(REGION_NORMALIZATIONS)
+        )
 
     def _init_state(
         self, model: Callable, clean: Tensor, labels: Tensor, valid: Tensor, model_dtype: torch.dtype
@@ -102,7 +114,7 @@ class RPPGD(IterativeAttack):
         state: dict[str, Tensor | None] = {"ever_wrong": torch.zeros_like(valid), "clean_correct": None}
         if self.random_start:
             with torch.no_grad():
-                logits, _ = self._forward(model, clean, model_dtype)
+                logits, _ = self._forward(model, clean, clean, model_dtype)
             state["clean_correct"] = correct_pixels(logits, labels, valid)
         return state
 
@@ -119,7 +131,8 @@ class RPPGD(IterativeAttack):
         )
         weight_true, weight_boundary, weight_false = rppgd_region_weights(step, self.steps)
         weights = true_region * weight_true + boundary_region * weight_boundary + false_region * weight_false
-        region_loss = valid_mean(weights * pixel_cross_entropy(logits, labels, valid), valid)
+        normalize = REGION_NORMALIZATIONS[self.region_normalization]
+        region_loss = normalize(weights * pixel_cross_entropy(logits, labels, valid), valid)
         predicted = predicted_classes(logits)
         prototype_loss = prototype_similarity(features, predicted, true_region, logits.shape[1])
         return self.region_weight * region_loss + self.prototype_weight * prototype_loss

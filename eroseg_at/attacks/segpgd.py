@@ -13,6 +13,20 @@ def segpgd_lambda(step: int, steps: int) -> float:
     return step / (2 * steps)
 
 
+def segpgd_loss(logits: Tensor, labels: Tensor, valid: Tensor, step: int, steps: int) -> Tensor:
+    """SegPGD's per-image loss at 0-based iteration ``step`` of ``steps``.
+
+    ``L_t = 1/|V| [(1 − λ_t) Σ_{ŷ=y} CE_ij + λ_t Σ_{ŷ≠y} CE_ij]`` with ``λ_t`` from :func:`segpgd_lambda`.
+
+    Shape:
+        logits: [B, C, H, W]; labels, valid: [B, H, W]; output: [B].
+    """
+    weight_wrong = segpgd_lambda(step, steps)
+    correct = correct_pixels(logits, labels, valid)
+    weights = correct * (1 - 2 * weight_wrong) + weight_wrong
+    return valid_mean(weights * pixel_cross_entropy(logits, labels, valid), valid)
+
+
 class SegPGD(IterativeAttack):
     """SegPGD: early iterations attack the correct pixels, later ones shift weight to the wrong ones.
 
@@ -34,7 +48,4 @@ class SegPGD(IterativeAttack):
     def objective(
         self, logits: Tensor, features: Tensor | None, labels: Tensor, valid: Tensor, step: int, state: dict
     ) -> Tensor:
-        weight_wrong = segpgd_lambda(step, self.steps)
-        correct = correct_pixels(logits, labels, valid)
-        weights = correct * (1 - 2 * weight_wrong) + weight_wrong
-        return valid_mean(weights * pixel_cross_entropy(logits, labels, valid), valid)
+        return segpgd_loss(logits, labels, valid, step, self.steps)

@@ -1,4 +1,4 @@
-"""Helpers of the attack tests: a tiny segmentation model with BatchNorm (so eval mode matters) and decoder\nfeatures, a random batch, and every attack configuration the contract suite runs over."""
+"""Helpers of the attack tests: a tiny segmentation model with BatchNorm (so eval mode matters) and decoder\nfeatures, a confident variant of it, a model that records its inputs, a random batch, and every attack\nconfiguration the contract suite runs over."""
 
 from __future__ import annotations
 
@@ -34,7 +34,14 @@ class TinySegmenter(nn.Module):
         return self.logits_and_features(x)[0]
 
 
-def make_model(kernel_size: int = 3, seed: int = 0) -> TinySegmenter:
+# The plain model never exceeds 0.49 confidence, so EroSeg's confidence thresholds would never matter on it.
+# Steeper head weights make it confident: on make_batch(4, 16) 39 % of the pixels (kernel 3; 78 % with kernel
+# 1) are above 0.9, and every band between EroSeg's thresholds 0.8, 0.91, 0.96, 0.982, 0.992, 0.996 holds
+# pixels.
+CONFIDENT_HEAD_SCALE = 16.0
+
+
+def make_model(kernel_size: int = 3, seed: int = 0, confident: bool = False) -> TinySegmenter:
     torch.manual_seed(seed)
     model = TinySegmenter(kernel_size=kernel_size)
     with torch.no_grad():
@@ -44,7 +51,25 @@ def make_model(kernel_size: int = 3, seed: int = 0) -> TinySegmenter:
         # No head bias and steeper filters: predictions follow the image, so small perturbations flip pixels.
         model.head.bias.zero_()
         model.body[0].weight.mul_(4)
+        if confident:
+            model.head.weight.mul_(CONFIDENT_HEAD_SCALE)
     return model.eval()
+
+
+class RecordingModel(nn.Module):
+    """Wraps a model and records the input and the logits of every forward pass (detached float32 copies)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.inputs: list[Tensor] = []
+        self.logits: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.model(x)
+        self.inputs.append(x.detach().float().clone())
+        self.logits.append(logits.detach().float().clone())
+        return logits
 
 
 def make_batch(batch_size: int = 2, size: int = 12, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -55,12 +80,36 @@ def make_batch(batch_size: int = 2, size: int = 12, seed: int = 0) -> tuple[Tens
     return images, labels
 
 
-# Every registered attack, and APGD once per loss: no attack or objective can skip the contract suite.
+# SEA's protocol on one APGD loss (nmndeep/Robust-Segmentation, semseg/attacker.py and tools/infer.py).
+SEA = {
+    "radius_factors": [2, 1.5, 1],
+    "stage_fractions": [0.3, 0.3, 0.4],
+    "track_loss": "ce",
+    "early_stop": True,
+}
+
+# Every registered attack, APGD once per loss and class weighting, and APGD under SEA's protocol: no attack,
+# objective or option can skip the contract suite. SEA's three stages need steps >= 3.
 ATTACK_CONFIGS = [(name, {}) for name in available_attacks()] + [
     ("apgd", {"loss": "mce"}),
     ("apgd", {"loss": "mce_balanced", "class_weights": [0.5, 1.0, 2.0, 4.0]}),
+    ("apgd", {"loss": "mce_balanced", "class_weighting": "image"}),
     ("apgd", {"loss": "js"}),
+    ("apgd", {"loss": "segpgd"}),
+    ("apgd", {"loss": "cospgd"}),
+    ("apgd", {"loss": "mce", **SEA}),
 ]
+
+
+def config_id(config: tuple[str, dict]) -> str:
+    """A short test id: the attack name and its loss or options (``apgd-mce_balanced-image``, ``apgd-mce-sea``)."""
+    name, kwargs = config
+    if "radius_factors" in kwargs:
+        return f"{name}-{kwargs['loss']}-sea"
+    return "-".join([name, *(str(value) for key, value in kwargs.items() if key != "class_weights")])
+
+
+CONFIG_IDS = [config_id(config) for config in ATTACK_CONFIGS]
 
 
 def build(config: tuple[str, dict], **kwargs) -> Attack:

@@ -1,21 +1,20 @@
 """The attack contract on a CUDA device, in float32 and under bf16 autocast (``make test-gpu``).
 
 The CPU suite cannot reach these paths: device-side random starts and projection, input gradients of a
-model run under autocast, and the float32 objective of an attack whose model computes in bf16.
+model run under autocast, the float32 objective of an attack whose model computes in bf16, the rounding of
+bf16/float16 results towards the input (``torch.nextafter`` on the device), and one seeded generator per device.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from attack_helpers import ATTACK_CONFIGS, assert_inside_ball, build, make_batch, make_model
+from attack_helpers import ATTACK_CONFIGS, CONFIG_IDS, assert_inside_ball, build, make_batch, make_model
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (make test-gpu)"),
 ]
-
-IDS = [name + "".join(f"-{v}" for v in kw.values())[:20] for name, kw in ATTACK_CONFIGS]
 
 
 def pixel_accuracy(model, images, labels) -> float:
@@ -25,7 +24,7 @@ def pixel_accuracy(model, images, labels) -> float:
     return ((prediction == labels) & valid).sum().item() / valid.sum().item()
 
 
-@pytest.mark.parametrize("config", ATTACK_CONFIGS, ids=IDS)
+@pytest.mark.parametrize("config", ATTACK_CONFIGS, ids=CONFIG_IDS)
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_attack_on_cuda_keeps_the_contract_and_lowers_accuracy(config, autocast):
     model = make_model().cuda()
@@ -47,6 +46,29 @@ def test_attack_on_cuda_keeps_the_contract_and_lowers_accuracy(config, autocast)
     assert pixel_accuracy(model, images, labels) == 1.0
     # 10 steps at 8/255 flip 8-16 % of this model's pixels, in float32 and in bf16 (measured on the CPU).
     assert pixel_accuracy(model, adversarial, labels) < 0.95
+
+
+@pytest.mark.parametrize("config", ATTACK_CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_images_on_cuda_come_back_inside_the_ball(config, dtype):
+    model = make_model().cuda().to(dtype)
+    images, labels = (t.cuda() for t in make_batch(batch_size=4, size=32))
+    images = images.to(dtype)
+    adversarial = build(config, steps=10, seed=0)(model, images, labels)
+    assert adversarial.dtype == dtype and adversarial.device == images.device
+    assert (adversarial.float() - images.float()).abs().max() <= 8 / 255
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+
+
+def test_a_seeded_attack_keeps_one_generator_per_device():
+    # A call on the CPU does not advance the CUDA generator: the first CUDA call of an attack that ran on the
+    # CPU before equals the first CUDA call of a fresh one.
+    model = make_model()
+    images, labels = make_batch()
+    attack, fresh = build(("pgd", {}), steps=3, seed=3), build(("pgd", {}), steps=3, seed=3)
+    attack(model, images, labels)
+    on_cuda = attack(model.cuda(), images.cuda(), labels.cuda())
+    assert torch.equal(on_cuda, fresh(model, images.cuda(), labels.cuda()))
 
 
 @pytest.mark.parametrize("name", ["pgd", "segpgd", "cospgd", "eroseg", "cw"])

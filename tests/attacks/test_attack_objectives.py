@@ -1,4 +1,4 @@
-"""Each objective's pieces on hand-built tensors."""
+"""Each objective's pieces on hand-built tensors, and EroSeg's objective on a confident model's logits."""
 
 from __future__ import annotations
 
@@ -7,12 +7,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from attack_helpers import make_batch, make_model
 
-from eroseg_at.attacks import RPPGD, SegPGD
-from eroseg_at.attacks.apgd import APGD_LOSSES, apgd_checkpoint_lengths
+from eroseg_at.attacks import RPPGD, CosPGD, EroSeg, SegPGD
+from eroseg_at.attacks.apgd import (
+    APGD_LOSSES,
+    apgd_checkpoint_lengths,
+    balanced_class_weights,
+    image_class_weights,
+)
 from eroseg_at.attacks.cospgd import cospgd_weights
 from eroseg_at.attacks.eroseg import eroseg_class_weights, eroseg_sensitive_set, eroseg_threshold
 from eroseg_at.attacks.objectives import (
+    image_mean,
     js_divergence,
     margin,
     pixel_cross_entropy,
@@ -39,6 +46,12 @@ def test_valid_mean_averages_over_valid_pixels_and_gives_zero_without_any():
     assert mean.tolist() == [2.0, 0.0]
     (gradient,) = torch.autograd.grad(mean.sum(), loss)
     assert gradient.tolist() == [[[0.5, 0.5, 0.0]], [[0.0, 0.0, 0.0]]]
+
+
+def test_image_mean_averages_over_all_pixels_counting_invalid_ones_as_zero():
+    loss = torch.tensor([[[1.0, 3.0, 100.0, 4.0]], [[5.0, 5.0, 5.0, 5.0]]])
+    valid = torch.tensor([[[True, True, False, True]], [[False, False, False, False]]])
+    assert image_mean(loss, valid).tolist() == [2.0, 0.0]
 
 
 def test_predicted_classes_is_argmax_over_classes_with_the_first_class_on_ties():
@@ -152,9 +165,44 @@ def test_apgd_masked_losses_drop_wrong_pixels_and_weigh_classes():
     labels = row([0, 0, 1])  # correct, wrong, wrong
     valid = labels != 255
     ce0 = -math.log(0.8)
-    assert APGD_LOSSES["mce"](logits, labels, valid, None).item() == pytest.approx(ce0 / 3)
-    weights = torch.tensor([2.0, 5.0])
-    assert APGD_LOSSES["mce_balanced"](logits, labels, valid, weights).item() == pytest.approx(2 * ce0 / 3)
+    assert APGD_LOSSES["mce"](logits, labels, valid, None, 0, 1).item() == pytest.approx(ce0 / 3)
+    pixel_weights = torch.tensor([2.0, 5.0])[labels]
+    balanced = APGD_LOSSES["mce_balanced"](logits, labels, valid, pixel_weights, 0, 1)
+    assert balanced.item() == pytest.approx(2 * ce0 / 3)
+
+
+def test_apgd_segpgd_and_cospgd_losses_are_the_attacks_objectives():
+    logits = torch.randn(2, 3, 4, 5)
+    labels = torch.randint(0, 3, (2, 4, 5))
+    labels[0, 0] = 255
+    valid = labels != 255
+    for step in range(4):
+        expected = SegPGD(steps=4).objective(logits, None, labels, valid, step, {})
+        assert torch.equal(APGD_LOSSES["segpgd"](logits, labels, valid, None, step, 4), expected)
+    expected = CosPGD().objective(logits, None, labels, valid, 0, {})
+    assert torch.equal(APGD_LOSSES["cospgd"](logits, labels, valid, None, 0, 4), expected)
+    # λ_t over the whole budget: at the last of 4 evaluations the wrong pixels weigh 3/8.
+    later = APGD_LOSSES["segpgd"](logits, labels, valid, None, 3, 4)
+    assert not torch.equal(later, APGD_LOSSES["segpgd"](logits, labels, valid, None, 0, 4))
+
+
+def test_balanced_class_weights_per_row():
+    frequencies = torch.tensor([[0.75, 0.25, 0.0], [0.0, 0.0, 0.0]])
+    assert balanced_class_weights(frequencies).tolist() == [[pytest.approx(2 / 3), 2.0, 0.0], [0.0, 0.0, 0.0]]
+    assert balanced_class_weights(torch.tensor([0.5, 0.5])).tolist() == [1.0, 1.0]
+
+
+def test_image_class_weights_are_inverse_frequencies_in_each_image():
+    # Image 0: class 0 on 3 of 4 valid pixels, class 1 on 1 (one pixel ignored); image 1: one class only.
+    labels = torch.tensor([[[0, 0, 0, 1, 255]], [[2, 2, 2, 2, 2]]])
+    valid = labels != 255
+    weights = image_class_weights(labels, valid, num_classes=3)
+    assert weights[0, 0, :4].tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0])
+    assert weights[1, 0].tolist() == [1.0] * 5
+    # Each present class adds up to |V| / C'.
+    assert (weights[0, 0, :3].sum().item(), weights[0, 0, 3].item()) == pytest.approx((2.0, 2.0))
+    # An image without valid pixels gets weight 0, not NaN.
+    assert image_class_weights(labels[:1], torch.zeros_like(valid[:1]), 3).abs().sum() == 0
 
 
 def test_apgd_checkpoints_follow_autoattack():
@@ -166,6 +214,27 @@ def test_apgd_checkpoints_follow_autoattack():
 def test_rppgd_region_weights():
     assert rppgd_region_weights(0, 10) == pytest.approx((19 / 20, 0.0, 1 / 20))
     assert rppgd_region_weights(9, 10) == pytest.approx((10 / 20, 9 / 20, 1 / 20))
+
+
+@pytest.mark.parametrize("normalization", ["image", "valid"])
+def test_rppgd_region_loss_divides_by_all_pixels_as_the_paper_or_by_valid_ones(normalization):
+    # Two of four pixels ignored: the paper's 1/(HW) halves L_R against 1/|V|, and L_P is added at 0.25.
+    logits = logits_from_probabilities([[0.8, 0.2], [0.3, 0.7], [0.5, 0.5], [0.5, 0.5]])
+    labels = row([0, 0, 255, 255])
+    valid = labels != 255
+    features = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]).view(1, 2, 1, 4)
+    attack = RPPGD(steps=2, random_start=False, region_normalization=normalization)
+    state = attack._init_state(None, None, labels, valid, torch.float32)
+    loss = attack.objective(logits, features, labels, valid, 0, state)
+    # Step 0 of 2: pixel 0 is True (λ1 = 3/4), pixel 1 False (wrong on the clean image, λ3 = 1/4); the one True
+    # pixel gives a single prototype, so L_P = 0.
+    region_sum = 3 / 4 * -math.log(0.8) + 1 / 4 * -math.log(0.3)
+    expected = 0.75 * region_sum / (4 if normalization == "image" else 2)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_rppgd_region_normalization_defaults_to_the_papers():
+    assert RPPGD().region_normalization == "image"
 
 
 def test_rppgd_regions_partition_valid_pixels():
@@ -218,3 +287,96 @@ def test_prototype_similarity_resizes_masks_to_coarse_features():
     mixed = row([0, 1, 1, 1])  # class 1 covers half of cell 0 and all of cell 1
     expected = 1 / math.sqrt(1 + 2**2)  # prototypes (1, 0) and (0.5, 1)/1.5
     assert prototype_similarity(features, mixed, everywhere, 2).item() == pytest.approx(expected, rel=1e-6)
+
+
+# EroSeg's objective on the logits of a confident model, against the paper's definition written out here: the
+# threshold schedule, the sensitive set and the class weights each change its value on these logits.
+
+
+def eroseg_reference(logits, labels, valid, tau, lam=0.7, background_class=0):
+    """``1/|V| Σ 1[c < τ and ŷ = y] · w · CE`` (the sensitive set is non-empty in every image here)."""
+    probabilities = logits.softmax(1)
+    confidence, predicted = probabilities.max(1)
+    sensitive = (confidence < tau) & (predicted == labels) & valid
+    assert sensitive.flatten(1).any(1).all(), "the fallback would apply; the reference does not model it"
+    weights = torch.where(labels == background_class, 1 - lam, lam)
+    cross_entropy = F.cross_entropy(logits, labels.masked_fill(~valid, 0), reduction="none")
+    return (sensitive * weights * cross_entropy).flatten(1).sum(1) / valid.flatten(1).sum(1)
+
+
+@pytest.fixture(scope="module")
+def confident_logits():
+    """Logits of the confident model, labels = its prediction except every fifth pixel (wrong) and ignored rows."""
+    model = make_model(confident=True)
+    images, labels = make_batch(batch_size=4, size=16)
+    with torch.no_grad():
+        logits = model(images)
+    predicted = logits.argmax(1)
+    wrong = (predicted + 1) % logits.shape[1]
+    every_fifth = torch.arange(predicted.numel()).view_as(predicted) % 5 == 0
+    labels = torch.where(labels == 255, labels, torch.where(every_fifth, wrong, predicted))
+    confidence = logits.softmax(1).amax(1)
+    for low, high in [(0.8, 0.91), (0.91, 0.96), (0.96, 0.982), (0.982, 0.992), (0.992, 0.996)]:
+        assert ((confidence >= low) & (confidence < high)).sum() >= 20, "a threshold band is nearly empty"
+    assert (labels == 0).any() and ((labels > 0) & (labels < 255)).any()
+    return logits, labels, labels != 255
+
+
+@pytest.mark.parametrize("schedule_offset", [0, 1])
+def test_eroseg_objective_follows_the_threshold_schedule_on_a_confident_model(
+    confident_logits, schedule_offset
+):
+    logits, labels, valid = confident_logits
+    attack = EroSeg(steps=6, schedule_offset=schedule_offset)
+    state = attack._init_state(None, None, labels, valid, torch.float32)
+    values = []
+    for step in range(6):
+        tau = 1 - 0.2 * math.exp(-0.8 * (step + schedule_offset))
+        value = attack.objective(logits, None, labels, valid, step, state)
+        assert torch.allclose(value, eroseg_reference(logits, labels, valid, tau), rtol=1e-5, atol=0), step
+        values.append(value)
+    # Every iteration attacks a larger set than the one before: each threshold matters on these logits.
+    assert all((later > earlier).all() for earlier, later in zip(values, values[1:], strict=False))
+
+
+def test_eroseg_objective_weighs_background_and_foreground_on_a_confident_model(confident_logits):
+    logits, labels, valid = confident_logits
+    for background_class, lam in [(0, 0.7), (0, 0.9), (2, 0.7)]:
+        attack = EroSeg(lam=lam, background_class=background_class)
+        state = attack._init_state(None, None, labels, valid, torch.float32)
+        expected = eroseg_reference(logits, labels, valid, 0.8, lam, background_class)
+        assert torch.allclose(attack.objective(logits, None, labels, valid, 0, state), expected, rtol=1e-5)
+
+
+def sensitive_at(logits, labels, valid, k):
+    """S_k by the paper's definition: correct pixels below τ_k = 1 − 0.2 exp(−0.8 k) (τ0 = β = 0.8)."""
+    confidence, predicted = logits.detach().softmax(1).max(1)
+    return (confidence < 1 - 0.2 * math.exp(-0.8 * k)) & (predicted == labels) & valid
+
+
+@pytest.mark.parametrize("schedule_offset", [0, 1])
+def test_each_eroseg_iteration_moves_exactly_its_sensitive_pixels(schedule_offset):
+    # A per-pixel confident model: a pixel's input gradient comes from its own loss term only, so iteration k
+    # moves a pixel iff it is in S_k at the iterate x_k (and its gradient does not vanish on dead features).
+    model = make_model(kernel_size=1, confident=True)
+    images, labels = make_batch(batch_size=4, size=16)
+    with torch.no_grad():
+        predicted = model(images).argmax(1)
+    every_fifth = torch.arange(labels.numel()).view_as(labels) % 5 == 0
+    labels = torch.where(labels == 255, labels, torch.where(every_fifth, (predicted + 1) % 4, predicted))
+    valid = labels != 255
+    iterates = [images] + [
+        EroSeg(steps=steps, random_start=False, schedule_offset=schedule_offset)(model, images, labels)
+        for steps in (1, 2, 3)
+    ]
+    for k in range(3):
+        x = iterates[k].clone().requires_grad_(True)
+        logits = model(x)
+        (gradient,) = torch.autograd.grad(F.cross_entropy(logits, labels, ignore_index=255), x)
+        alive = gradient.abs().amax(1) > 0
+        t = k + schedule_offset
+        moved = (iterates[k + 1] != iterates[k]).any(1)
+        assert torch.equal(moved, sensitive_at(logits, labels, valid, t) & alive), f"iteration {k}"
+        # The neighbouring thresholds select other pixels: the test tells them apart.
+        assert not torch.equal(moved, sensitive_at(logits, labels, valid, t + 1) & alive)
+        assert t == 0 or not torch.equal(moved, sensitive_at(logits, labels, valid, t - 1) & alive)

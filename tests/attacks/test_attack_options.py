@@ -61,3 +61,19 @@ def test_track_best_returns_no_worse_than_the_last_iterate(config):
     assert (pixel_error(model, best, labels) <= pixel_error(model, last, labels)).all()
     start = build(config, eps=32 / 255, steps=1, seed=0, alpha=1e-9)(model, images, labels)
     assert (pixel_error(model, best, labels) < pixel_error(model, start, labels)).any()
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 1), (3, 2, 2)], ids=["d3", "d12"])
+def test_l2_random_start_is_uniform_in_the_ball(shape):
+    # Uniform in the d-dimensional ball (d values per image): P(‖δ‖ <= q·eps) = q^d, so in high dimension the
+    # start lies near the sphere; a radius uniform in [0, eps] would give P = q.
+    eps, count = 0.1, 20000
+    dimensions = shape[0] * shape[1] * shape[2]
+    clean = torch.full((count, *shape), 0.5)  # eps 0.1 around 0.5: nothing is clipped to [0, 1]
+    delta = (build_attack("pgd", norm="l2", eps=eps, seed=0)._start(clean) - clean).flatten(1)
+    radius = delta.norm(dim=1) / eps
+    assert radius.max() <= 1 + 1e-6
+    for q in (0.25, 0.5, 0.75, 0.9, 0.97):
+        assert (radius <= q).float().mean().item() == pytest.approx(q**dimensions, abs=0.01), q
+    # Directions are uniform: the mean unit vector vanishes.
+    assert (delta / delta.norm(dim=1, keepdim=True)).mean(0).abs().max() < 0.03

@@ -7,9 +7,9 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
-from eroseg_at.attacks import APGD, Attack, EroSeg, available_attacks, build_attack
+from eroseg_at.attacks import APGD, RPPGD, Attack, EroSeg, available_attacks, build_attack
 from eroseg_at.attacks.arguments import parse_number
 from eroseg_at.attacks.registry import ATTACKS
 
@@ -96,7 +96,8 @@ def test_bad_eroseg_arguments(kwargs, message):
 
 def test_apgd_loss_and_class_weight_checks():
     with pytest.raises(
-        ValueError, match="loss must be one of \\['ce', 'js', 'mce', 'mce_balanced'\\], got 'dlr'"
+        ValueError,
+        match="loss must be one of \\['ce', 'cospgd', 'js', 'mce', 'mce_balanced', 'segpgd'\\], got 'dlr'",
     ):
         APGD(loss="dlr")
     with pytest.raises(ValueError, match="loss='mce_balanced' needs class_weights"):
@@ -106,6 +107,69 @@ def test_apgd_loss_and_class_weight_checks():
     with pytest.raises(ValueError, match="class_weights must be a non-empty 1-D sequence"):
         APGD(loss="mce_balanced", class_weights=[1.0, -2.0])
     assert APGD(loss="mce_balanced", class_weights=[1, 2]).class_weights.tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"radius_factors": [2, 1.5]},
+            "radius_factors must end with 1 \\(the last stage runs at eps\\), got \\(2, 1.5\\)",
+        ),
+        ({"radius_factors": [2, 0, 1]}, "radius_factors\\[1\\] must be > 0, got 0"),
+        ({"radius_factors": "2,1"}, "radius_factors must be a non-empty sequence of numbers, got '2,1'"),
+        ({"radius_factors": []}, "radius_factors must be a non-empty sequence of numbers, got \\[\\]"),
+        (
+            {"radius_factors": [2, 1]},
+            "stage_fractions must have one entry per radius factor \\(2\\), got \\(1.0,\\)",
+        ),
+        (
+            {"radius_factors": [2, 1], "stage_fractions": [0.5, 0.6]},
+            "stage_fractions must sum to 1, got \\(0.5, 0.6\\)",
+        ),
+        (
+            {"radius_factors": [2, 1], "stage_fractions": [0, 1]},
+            "stage_fractions\\[0\\] must lie in \\(0, 1\\], got 0",
+        ),
+        (
+            {"steps": 2, "radius_factors": [2, 1.5, 1], "stage_fractions": [0.3, 0.3, 0.4]},
+            "steps=2 is fewer than",
+        ),
+        ({"track_loss": "js"}, "track_loss must be one of \\(None, 'ce'\\), got 'js'"),
+        ({"early_stop": 1}, "early_stop must be a bool, got 1"),
+        (
+            {"class_weighting": "batch"},
+            "class_weighting must be one of \\('dataset', 'image'\\), got 'batch'",
+        ),
+        (
+            {"class_weighting": "image"},
+            "class_weighting is only used by loss='mce_balanced', not by loss='ce'",
+        ),
+        (
+            {"loss": "mce_balanced", "class_weighting": "image", "class_weights": [1, 2]},
+            "class_weights is only used with class_weighting='dataset'",
+        ),
+    ],
+)
+def test_bad_apgd_protocol_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        APGD(**kwargs)
+
+
+def test_apgd_protocol_arguments_accept_strings_and_omegaconf_lists():
+    from omegaconf import OmegaConf
+
+    attack = APGD(
+        radius_factors=OmegaConf.create(["2", "3/2", 1]), stage_fractions=OmegaConf.create([0.3, 0.3, 0.4])
+    )
+    assert attack.radius_factors == (2.0, 1.5, 1.0) and attack.stage_fractions == (0.3, 0.3, 0.4)
+
+
+def test_bad_rppgd_region_normalization():
+    with pytest.raises(
+        ValueError, match="region_normalization must be one of \\('image', 'valid'\\), got 'hw'"
+    ):
+        RPPGD(region_normalization="hw")
 
 
 def test_apgd_class_weights_must_match_the_model():
@@ -124,10 +188,18 @@ def test_rppgd_explains_that_it_needs_decoder_features():
         build_attack("rppgd")(model, images, labels)
 
 
-def load_config(path: Path, background_class: int | None = 0):
-    config = OmegaConf.merge(
-        {"dataset": {"background_class": background_class}}, {"attack": OmegaConf.load(path)}
-    )
+def load_config(path: Path, background_class: int | None = 0, overrides: tuple[str, ...] = ()):
+    """The attack group's ``path`` composed by Hydra (its defaults list included) beside the shapes dataset."""
+    background = "null" if background_class is None else background_class
+    with initialize_config_dir(config_dir=str(CONFIG_DIR.parent), version_base="1.3"):
+        config = compose(
+            overrides=[
+                f"+attack={path.stem}",
+                "+dataset=shapes",
+                f"dataset.background_class={background}",
+                *overrides,
+            ]
+        )
     return config.attack
 
 
@@ -155,6 +227,6 @@ def test_eroseg_configs_take_background_class_from_the_dataset(background_class)
 
 
 def test_command_line_style_override_of_eps():
-    config = load_config(CONFIG_DIR / "pgd.yaml")
-    config.eps = "4/255"  # what `attack.eps=4/255` hands over
+    config = load_config(CONFIG_DIR / "pgd.yaml", overrides=("attack.eps=4/255",))
+    assert config.eps == "4/255"  # Hydra does no arithmetic: the attack parses the string
     assert hydra.utils.instantiate(config).eps == pytest.approx(4 / 255)
