@@ -29,11 +29,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 
 from eroseg_at.attacks import available_attacks, build_attack
 from eroseg_at.configs import compose_config
-from eroseg_at.training.module import AdversarialTrainingConfig, SegmentationModule
-from eroseg_at.training.runner import build_model_from_config
+from eroseg_at.training.module import AdversarialTraining, SegmentationModule
 
 IGNORE_INDEX = 255
 
@@ -81,7 +81,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build_model_from_config(model_config(args)).to(device)
+    model = instantiate(model_config(args).model).to(device)
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch, args.size, args.size), device=device)
     labels[:, :4] = IGNORE_INDEX
@@ -92,7 +92,7 @@ def main() -> None:
             args.num_classes,
             [str(c) for c in range(args.num_classes)],
             train_attack=build_attack(args.attack, steps=args.steps),
-            adversarial=AdversarialTrainingConfig(objective=objective),
+            adversarial=AdversarialTraining(objective=objective),
         )
         for objective in args.objectives
     }

@@ -9,7 +9,7 @@ time over its steps, validation included), and the clean val mIoU after every ep
 Usage:
     python benchmarks/learning_speed.py                       # the default model against U-Net-ResNet-18
     python benchmarks/learning_speed.py --epochs 4 --train-images 256 \\
-        --candidates "model=deeplabv3plus_lite" "model=fpn schedule.lr=2e-3"
+        --candidates "model=deeplabv3plus_lite" "model=fpn schedule.optimizer.lr=2e-3"
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from eroseg_at.configs import compose_config
-from eroseg_at.training.runner import build_model_from_config, train
+from hydra.utils import instantiate
 
-DEFAULT_CANDIDATES = ["model=deeplabv3plus_lite", "model=unet schedule.lr=2e-3"]
+from eroseg_at.configs import compose_config
+from eroseg_at.training.runner import train
+
+DEFAULT_CANDIDATES = ["model=deeplabv3plus_lite", "model=unet schedule.optimizer.lr=2e-3"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,7 +70,7 @@ def main() -> None:
     for candidate in args.candidates:
         with tempfile.TemporaryDirectory() as output_dir:
             cfg = compose_config("train", [*candidate.split(), *common, f"paths.output_dir={output_dir}"])
-            parameters = sum(p.numel() for p in build_model_from_config(cfg).parameters())
+            parameters = sum(p.numel() for p in instantiate(cfg.model).parameters())
             started = time.perf_counter()
             train(cfg)
             seconds = time.perf_counter() - started

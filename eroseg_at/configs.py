@@ -1,11 +1,14 @@
-"""The project's Hydra configs (``conf/``) composed outside ``@hydra.main``: scripts, benchmarks, tests."""
+"""The project's Hydra configs (``conf/``): composed outside ``@hydra.main`` (scripts, benchmarks, tests), and built."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -18,3 +21,18 @@ def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides))
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(node, **kwargs)``, raising the builder's own error where one fails.
+
+    Hydra wraps every error of a ``_target_`` in an ``InstantiationException``, which hides its type (a
+    missing weights file is a ``FileNotFoundError``, bad dataset input a ``DatasetError``); the builders'
+    messages already name the key and the value.
+    """
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, Exception):
+            raise error.__cause__ from None
+        raise

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from eroseg_at.predictions import predicted_classes
 
 
-def scores_from_confusion_matrix(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
+# Not frozen: torchmetrics passes compute()'s result through apply_to_collection, which sets fields.
+@dataclass
+class SegmentationScores:
+    """The scores of one confusion matrix (float64 tensors).
+
+    Attributes:
+        miou: Mean IoU over the classes present in labels or predictions (scalar).
+        pixel_accuracy: Fraction of valid pixels predicted right (scalar; NaN without valid pixels).
+        iou_per_class: ``[C]``, NaN for a class absent from both labels and predictions.
+    """
+
+    miou: torch.Tensor
+    pixel_accuracy: torch.Tensor
+    iou_per_class: torch.Tensor
+
+
+def scores_from_confusion_matrix(confmat: torch.Tensor) -> SegmentationScores:
     """mIoU, pixel accuracy and per-class IoU from a confusion matrix.
 
     A class whose union is empty (absent from both target and prediction) has IoU
@@ -17,9 +35,6 @@ def scores_from_confusion_matrix(confmat: torch.Tensor) -> dict[str, torch.Tenso
 
     Args:
         confmat: ``[C, C]`` counts, rows are targets and columns predictions.
-
-    Returns:
-        ``miou`` (scalar), ``pixel_accuracy`` (scalar) and ``iou_per_class`` (``[C]``).
     """
     confmat = confmat.double()
     true_positive = confmat.diagonal()
@@ -27,7 +42,7 @@ def scores_from_confusion_matrix(confmat: torch.Tensor) -> dict[str, torch.Tenso
     iou = torch.where(union > 0, true_positive / union.clamp_min(1), torch.full_like(union, float("nan")))
     total = confmat.sum()
     pixel_accuracy = torch.where(total > 0, true_positive.sum() / total.clamp_min(1), torch.nan)
-    return {"miou": iou.nanmean(), "pixel_accuracy": pixel_accuracy, "iou_per_class": iou}
+    return SegmentationScores(miou=iou.nanmean(), pixel_accuracy=pixel_accuracy, iou_per_class=iou)
 
 
 class SegmentationMetrics(MulticlassJaccardIndex):
@@ -52,5 +67,5 @@ class SegmentationMetrics(MulticlassJaccardIndex):
             preds = predicted_classes(preds)
         super().update(preds, target)
 
-    def compute(self) -> dict[str, torch.Tensor]:
+    def compute(self) -> SegmentationScores:
         return scores_from_confusion_matrix(self.confmat)

@@ -20,13 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from statistics import mean
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from eroseg_at.configs import CONF_DIR, compose_config
+from eroseg_at.evaluation import evaluate
+from eroseg_at.evaluation.report import iterations_table
+from eroseg_at.training import train
 
-from eroseg_at.configs import compose_config  # noqa: E402
-from eroseg_at.evaluation import evaluate  # noqa: E402
-from eroseg_at.evaluation.report import iterations_table  # noqa: E402
-from eroseg_at.training.runner import train  # noqa: E402
+REPO_ROOT = CONF_DIR.parent
 
 # (training attack, report name); "none" is standard training.
 METHODS = (
@@ -72,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--schedule",
         nargs="*",
         default=[],
-        help="overrides of the schedule group, e.g. schedule.lr=0.002 (default: the project's default)",
+        help="overrides of the schedule group, e.g. schedule.optimizer.lr=0.002 (default: the project's default)",
     )
     parser.add_argument(
         "--methods",
@@ -96,7 +95,7 @@ def training_overrides(args: argparse.Namespace, attack: str, seed: int, output_
     size = args.image_size
     return [
         f"attack={attack}",
-        f"schedule.attack_steps={args.attack_steps}",
+        f"adversarial.attack_steps={args.attack_steps}",
         f"schedule.max_epochs={args.epochs}",
         f"seed={seed}",
         f"dataset.train_source.num_images={args.train_images}",
@@ -138,10 +137,9 @@ def mean_spread(values: list[float]) -> str:
 
 
 def score(report, key: str) -> float:
-    kind = {"clean": "clean", "worst_case": "worst_case"}.get(key, "attack")
-    return next(
-        row["miou"] for row in report.rows if row["kind"] == kind and (kind != "attack" or row["key"] == key)
-    )
+    """The mIoU of a table column (``clean``, ``worst_case`` or a suite key) in ``report``."""
+    kind = key if key in ("clean", "worst_case") else "attack"
+    return report.row(kind, None if kind != "attack" else key).miou
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -279,26 +277,30 @@ def setup_summary(config) -> str:
     model, schedule = config.model, config.schedule
     architecture = ", ".join(f"{key} {value}" for key, value in model.architecture.items())
     weights = model.encoder_weights or model.encoder_weights_path or "random"
+
+    def settings(node) -> str:
+        return ", ".join(f"{key} {value}" for key, value in node.items() if not key.startswith("_"))
+
     return (
         f"Model `{model.name}` (encoder {model.encoder}, {architecture}; encoder weights: {weights}), "
-        f"{schedule.optimizer} at lr {schedule.lr} with {schedule.lr_schedule} decay "
-        f"(weight decay {schedule.weight_decay}, {schedule.warmup_steps} warm-up steps)"
+        f"{schedule.optimizer._target_.rsplit('.', 1)[-1]} ({settings(schedule.optimizer)}) with "
+        f"`{schedule.lr_scheduler._target_.rsplit('.', 1)[-1]}` ({settings(schedule.lr_scheduler)})"
     )
 
 
 def strength_findings(report) -> str:
     """Which attack hurts the standard model most at each iteration count, and where EroSeg stands."""
-    rows = [row for row in report.rows if row["kind"] == "iterations"]
-    steps = sorted({row["steps"] for row in rows})
+    rows = report.rows_of("iterations")
+    steps = sorted({row.steps for row in rows})
     lines, eroseg_first = [], []
     for count in steps:
-        ranking = sorted((row for row in rows if row["steps"] == count), key=lambda row: row["miou"])
-        labels = [row["label"] for row in ranking]
-        cells = ", ".join(f"{row['label']} {100 * row['miou']:.1f}" for row in ranking)
+        ranking = sorted((row for row in rows if row.steps == count), key=lambda row: row.miou)
+        labels = [row.label for row in ranking]
+        cells = ", ".join(f"{row.label} {100 * row.miou:.1f}" for row in ranking)
         lines.append(f"- {count} iteration(s), lowest mIoU first: {cells}.")
         if "EroSeg" in labels:
             # Compared as printed (0.1 points): a tie at that precision counts as strongest.
-            shown = {row["label"]: round(100 * row["miou"], 1) for row in ranking}
+            shown = {row.label: round(100 * row.miou, 1) for row in ranking}
             eroseg_first.append(shown["EroSeg"] == min(shown.values()))
     if eroseg_first:
         lines.append(
@@ -310,9 +312,9 @@ def strength_findings(report) -> str:
 
 def foreground_iou(report) -> float:
     """Mean clean IoU (%) of the classes other than the dataset's background: has the model learned shapes?"""
-    clean = next(row for row in report.rows if row["kind"] == "clean")
+    clean = report.row("clean")
     background = report.training["dataset"].get("background_class")
-    values = [v for c, v in enumerate(clean["iou_per_class"]) if c != background and not math.isnan(v)]
+    values = [v for c, v in enumerate(clean.iou_per_class) if c != background and not math.isnan(v)]
     return 100 * mean(values) if values else math.nan
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from eroseg_at.training.module import AdversarialTrainingConfig
-from eroseg_at.training.runner import build_model_from_config, build_module, train
+from eroseg_at.training.module import AdversarialTraining
+from eroseg_at.training.runner import build_module, train
 
 
 class RecordingAttack:
@@ -35,8 +35,7 @@ class RecordingAttack:
 
 def build_parts(cfg):
     datamodule = instantiate(cfg.dataset)
-    model = build_model_from_config(cfg)
-    return build_module(cfg, model, datamodule), datamodule
+    return build_module(cfg, instantiate(cfg.model), datamodule), datamodule
 
 
 def quiet_cpu_trainer(tmp_path, **trainer_kwargs) -> L.Trainer:
@@ -92,7 +91,7 @@ def test_half_adversarial_objective_attacks_half_of_each_batch(tiny_train_config
 
 
 def test_eps_ramps_linearly_over_the_warmup_epochs(tiny_train_config, tmp_path):
-    cfg = tiny_train_config("attack=pgd", "schedule.eps_warmup_epochs=4", "validation.attacks=null")
+    cfg = tiny_train_config("attack=pgd", "adversarial.eps_warmup_epochs=4", "validation.attacks=null")
     module, datamodule = build_parts(cfg)
     full = 8 / 255
     assert [module.train_attack_eps(epoch) for epoch in range(6)] == pytest.approx(
@@ -105,7 +104,7 @@ def test_eps_ramps_linearly_over_the_warmup_epochs(tiny_train_config, tmp_path):
 
 
 def test_training_attack_takes_its_steps_from_the_schedule(tiny_train_config):
-    module, _ = build_parts(tiny_train_config("attack=eroseg", "schedule.attack_steps=7"))
+    module, _ = build_parts(tiny_train_config("attack=eroseg", "adversarial.attack_steps=7"))
     assert module.train_attack.steps == 7 and module.train_attack.name == "eroseg"
     # Validation attacks are separate objects with their own settings (PGD-10 at the training eps).
     assert module.validation.attacks["pgd10"].steps == 10
@@ -124,12 +123,12 @@ def test_training_attack_takes_its_steps_from_the_schedule(tiny_train_config):
 )
 def test_bad_attack_settings_are_refused_before_training(tiny_train_config, override, message):
     with pytest.raises(Exception, match=message):
-        train(tiny_train_config("attack=pgd", "schedule.attack_steps=null", override))
+        train(tiny_train_config("attack=pgd", "adversarial.attack_steps=null", override))
 
 
 def test_unknown_objective_is_refused(tiny_train_config):
     with pytest.raises(ValueError, match="unknown adversarial objective 'half'; expected one of"):
-        AdversarialTrainingConfig(objective="half")
+        AdversarialTraining(objective="half")
 
 
 def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(
@@ -165,7 +164,7 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(
 def test_bf16_mixed_precision_adversarial_step_runs_on_cpu(tiny_train_config):
     result = train(
         tiny_train_config(
-            "attack=eroseg", "debug=fdr", "trainer.precision=bf16-mixed", "schedule.attack_steps=2"
+            "attack=eroseg", "debug=fdr", "trainer.precision=bf16-mixed", "adversarial.attack_steps=2"
         )
     )
     assert 0.0 <= result.val_scores["val/miou_clean"] <= 1.0
@@ -176,7 +175,7 @@ def test_ddp_spawn_adversarial_training_and_synced_validation_match_one_process(
     # Deterministic validation attack, so one process and two processes must agree exactly.
     overrides = (
         "attack=eroseg",
-        "schedule.attack_steps=1",
+        "adversarial.attack_steps=1",
         "validation.attacks.pgd10.random_start=false",
         "validation.attacks.pgd10.steps=2",
         "validation.attack_batches=null",

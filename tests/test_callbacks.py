@@ -9,8 +9,11 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 
-from eroseg_at.training.callbacks import WandbExamplePanels, amplified_perturbation, iou_table
+from eroseg_at.metrics import SegmentationScores
+from eroseg_at.training.callbacks import WandbExamplePanels, iou_table
+from eroseg_at.training.module import ValidationExamples
 from eroseg_at.training.runner import train
+from eroseg_at.visualization import amplified_perturbation
 
 
 def test_amplified_perturbation_maps_the_largest_change_to_the_range_ends():
@@ -26,8 +29,8 @@ def test_amplified_perturbation_maps_the_largest_change_to_the_range_ends():
 
 def test_iou_table_marks_absent_classes_and_shows_every_attack():
     scores = {
-        "clean": {"iou_per_class": torch.tensor([0.9, float("nan")]), "miou": torch.tensor(0.9)},
-        "pgd10": {"iou_per_class": torch.tensor([0.2, float("nan")]), "miou": torch.tensor(0.2)},
+        "clean": SegmentationScores(torch.tensor(0.9), torch.tensor(0.9), torch.tensor([0.9, float("nan")])),
+        "pgd10": SegmentationScores(torch.tensor(0.2), torch.tensor(0.2), torch.tensor([0.2, float("nan")])),
     }
     console = Console(record=True, width=120)
     console.print(iou_table(scores, ["background", "disc"]))
@@ -43,14 +46,14 @@ def test_wandb_panels_log_images_with_class_masks(tmp_path):
     module = SimpleNamespace(
         class_names=["background", "disc", "square"],
         ignore_index=255,
-        val_examples={
-            "images": images,
-            "labels": labels,
-            "clean_pred": labels.clamp(max=2),
-            "attack": "pgd10",
-            "adv_images": (images + 0.03).clamp(0, 1),
-            "adv_pred": torch.randint(0, 3, (2, 8, 8)),
-        },
+        val_examples=ValidationExamples(
+            images=images,
+            labels=labels,
+            clean_prediction=labels.clamp(max=2),
+            attack="pgd10",
+            adversarial=(images + 0.03).clamp(0, 1),
+            adversarial_prediction=torch.randint(0, 3, (2, 8, 8)),
+        ),
     )
     trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, loggers=[logger], current_epoch=3)
     try:

@@ -19,7 +19,7 @@ pytestmark = [
 
 GPU_AT = (
     "attack=eroseg",
-    "schedule.attack_steps=3",
+    "adversarial.attack_steps=3",
     "schedule.max_epochs=2",
     "validation.attack_batches=null",
 )
@@ -61,12 +61,12 @@ def test_bf16_evaluation_on_cuda_bounds_every_attack_by_the_worst_case(gpu_run, 
         [f"ckpt_path={gpu_run.last_checkpoint}", "suite=quick", "device=cuda", "precision=bf16"], tmp_path
     )
     (report,) = evaluate(cfg).reports
-    clean = next(row for row in report.rows if row["kind"] == "clean")
-    attacks = [row for row in report.rows if row["kind"] == "attack"]
-    worst = [row for row in report.rows if row["kind"] == "worst_case"]
+    clean = next(row for row in report.rows if row.kind == "clean")
+    attacks = [row for row in report.rows if row.kind == "attack"]
+    worst = [row for row in report.rows if row.kind == "worst_case"]
     assert attacks and worst
     for row in attacks:
-        assert row["pixel_accuracy"] <= clean["pixel_accuracy"] + 1e-9
+        assert row.pixel_accuracy <= clean.pixel_accuracy + 1e-9
     for budget_worst in worst:
-        same_budget = [row for row in attacks if row["eps_text"] == budget_worst["eps_text"]]
-        assert all(budget_worst["miou"] <= row["miou"] + 1e-12 for row in same_budget)
+        same_budget = [row for row in attacks if row.eps_text == budget_worst.eps_text]
+        assert all(budget_worst.miou <= row.miou + 1e-12 for row in same_budget)

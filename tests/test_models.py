@@ -20,7 +20,7 @@ class ModelTester:
     @classmethod
     def model(cls):
         torch.manual_seed(0)
-        return build_model(cls.name, NUM_CLASSES, encoder=cls.encoder, **cls.architecture).eval()
+        return build_model(cls.name, NUM_CLASSES, encoder=cls.encoder, architecture=cls.architecture).eval()
 
     def test_logits_have_the_input_size_and_one_channel_per_class(self, model):
         images = torch.rand(2, 3, self.size, self.size)
@@ -81,13 +81,44 @@ class TestSegformer(ModelTester):
     encoder = "mit_b0"
 
 
-def test_every_model_config_has_a_tester():
+class TestUnetPlusPlus(ModelTester):
+    name = "unetplusplus"
+    architecture = {"decoder_channels": (64, 32, 16, 16, 16)}
+
+
+class TestLinknet(ModelTester):
+    name = "linknet"
+
+
+class TestMAnet(ModelTester):
+    name = "manet"
+    architecture = {"decoder_channels": (64, 32, 16, 16, 16)}
+
+
+class TestPAN(ModelTester):
+    # Its pyramid attention pools the 1/32 feature map twice more: 64 px would shrink it to nothing.
+    name = "pan"
+    size = 128
+
+
+class TestUPerNet(ModelTester):
+    name = "upernet"
+
+
+class TestDPT(ModelTester):
+    # DPT needs a ViT encoder with its own forward (encoder tokens into the decoder).
+    name = "dpt"
+    encoder = "tu-test_vit"
+    size = 32
+
+
+def test_every_smp_architecture_has_a_tester():
     tested = {cls.name for cls in ModelTester.__subclasses__()}
     assert tested == set(available_models())
 
 
 def test_unknown_model_lists_the_valid_names():
-    with pytest.raises(ValueError, match="available models: deeplabv3, deeplabv3plus, fpn"):
+    with pytest.raises(ValueError, match="available models: deeplabv3, deeplabv3plus, dpt, fpn"):
         build_model("deeplabv4", NUM_CLASSES)
 
 
@@ -133,7 +164,9 @@ def test_a_full_encoder_state_dict_loads_into_a_shallower_encoder(tmp_path):
     source = build_model("unet", NUM_CLASSES)
     path = tmp_path / "encoder.pt"
     torch.save(source.network.encoder.state_dict(), path)
-    loaded = build_model("pspnet", NUM_CLASSES, encoder_weights_path=str(path), encoder_depth=3)
+    loaded = build_model(
+        "pspnet", NUM_CLASSES, encoder_weights_path=str(path), architecture={"encoder_depth": 3}
+    )
     assert torch.equal(
         loaded.network.encoder.layer2[0].conv1.weight, source.network.encoder.layer2[0].conv1.weight
     )
@@ -144,5 +177,5 @@ def test_a_full_encoder_state_dict_loads_into_a_shallower_encoder(tmp_path):
 @pytest.mark.parametrize("encoder", ["vgg11", "tu-resnet18"])
 def test_encoders_that_do_not_name_their_stages_still_build(encoder):
     # SMP's VGG encoder has no get_stages(); timm encoders build only the stages they run.
-    model = build_model("pspnet", NUM_CLASSES, encoder=encoder, encoder_depth=3)
+    model = build_model("pspnet", NUM_CLASSES, encoder=encoder, architecture={"encoder_depth": 3})
     assert model(torch.rand(1, 3, 64, 64)).shape == (1, NUM_CLASSES, 64, 64)

@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from eroseg_at.configs import CONF_DIR
-from eroseg_at.training.optim import build_optimizer
-from eroseg_at.training.runner import build_logger, build_model_from_config, build_train_attack, train
+from eroseg_at.data import DatasetError
+from eroseg_at.training.runner import build_logger, build_train_attack, train
 from tests.conftest import REPO_ROOT, TINY_SHAPES, compose_train_config
 
 
@@ -22,10 +22,21 @@ def group_options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("option", group_options("model"))
+def smp_model_options() -> list[str]:
+    """The model options that build an SMP architecture by name (the others read a user's files:
+    tests/models builds each of them from files made in the test)."""
+    return [
+        option
+        for option in group_options("model")
+        if compose_train_config([f"model={option}"], output_dir="unused").model._target_
+        == "eroseg_at.models.build_model"
+    ]
+
+
+@pytest.mark.parametrize("option", smp_model_options())
 def test_every_model_option_builds(option, tmp_path):
     cfg = compose_train_config([f"model={option}"], output_dir=tmp_path)
-    model = build_model_from_config(cfg)
+    model = instantiate(cfg.model)
     assert model.num_classes == cfg.dataset.num_classes
     # DDP (find_unused_parameters: false) fails on a parameter the loss never reaches.
     parameters = list(model.parameters())
@@ -36,7 +47,7 @@ def test_every_model_option_builds(option, tmp_path):
     ]
 
 
-@pytest.mark.parametrize("option", group_options("model"))
+@pytest.mark.parametrize("option", smp_model_options())
 def test_every_model_option_trains_a_fast_dev_run(option, tiny_train_config):
     result = train(tiny_train_config(f"model={option}", "debug=fdr"))
     assert 0.0 <= result.val_scores["val/miou_clean"] <= 1.0
@@ -45,25 +56,57 @@ def test_every_model_option_trains_a_fast_dev_run(option, tiny_train_config):
 @pytest.mark.parametrize("option", group_options("attack"))
 def test_every_attack_option_builds(option, tmp_path):
     cfg = compose_train_config([f"attack={option}"], output_dir=tmp_path)
-    attack = build_train_attack(cfg)
+    attack = build_train_attack(cfg, instantiate(cfg.adversarial))
     if option == "none":
         assert attack is None
     else:
-        assert attack.name and attack.steps == cfg.schedule.attack_steps
+        assert attack.name and attack.steps == cfg.adversarial.attack_steps
 
 
 @pytest.mark.parametrize("option", group_options("schedule"))
 def test_every_schedule_option_builds_its_optimizer(option, tmp_path):
     cfg = compose_train_config([f"schedule={option}"], output_dir=tmp_path)
-    optimizer = build_optimizer(
-        [torch.nn.Parameter(torch.zeros(1))],
-        cfg.schedule.optimizer,
-        lr=cfg.schedule.lr,
-        weight_decay=cfg.schedule.weight_decay,
-        momentum=cfg.schedule.momentum,
-        betas=tuple(cfg.schedule.betas),
+    optimizer = instantiate(cfg.schedule.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert optimizer.param_groups[0]["lr"] == cfg.schedule.optimizer.lr
+    scheduler = instantiate(cfg.schedule.lr_scheduler)(optimizer, 100)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
+
+
+def test_an_optimizer_the_project_never_names_is_one_line_of_yaml(tiny_train_config):
+    # RAdam appears nowhere in the code or in conf/: the schedule group builds whatever _target_ names,
+    # with whatever settings it takes.
+    cfg = tiny_train_config(
+        "~schedule.optimizer.betas",
+        "schedule.optimizer._target_=torch.optim.RAdam",
+        "+schedule.optimizer.decoupled_weight_decay=true",
+        "schedule.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "validation.attacks=null",
     )
-    assert optimizer.param_groups[0]["lr"] == cfg.schedule.lr
+    result = train(cfg)
+    state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    (group,) = state["optimizer_states"][0]["param_groups"]
+    assert state["global_step"] == 1 and group["decoupled_weight_decay"] is True
+    assert "RAdam" in type(instantiate(cfg.schedule.optimizer)([torch.nn.Parameter(torch.ones(1))])).__name__
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ("eroseg_at.training.optim.cosine_schedule", [0.5, 1.0, 1.0, 0.5, 0.0]),
+        ("eroseg_at.training.optim.poly_schedule", [0.5, 1.0, 1.0, 0.5**0.9, 0.0]),
+        ("eroseg_at.training.optim.constant_schedule", [0.5, 1.0, 1.0, 1.0, 1.0]),
+    ],
+)
+def test_lr_schedules_warm_up_linearly_then_decay_per_optimizer_step(schedule, expected):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = instantiate({"_target_": schedule, "_partial_": True, "warmup_steps": 2})(optimizer, 4)
+    factors = []
+    for _ in range(5):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert factors == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("option", group_options("trainer"))
@@ -109,8 +152,8 @@ def test_unknown_group_option_is_refused_by_hydra(tmp_path):
 
 
 def test_wrong_num_classes_is_refused_before_training(tiny_train_config):
-    # Raised by the datamodule, wrapped by Hydra's instantiate with the message kept.
-    with pytest.raises(Exception, match=r"dataset shapes: class_names has 7 entries but num_classes=5"):
+    # Raised by the datamodule (a DatasetError, re-raised as it is rather than wrapped by Hydra).
+    with pytest.raises(DatasetError, match=r"dataset shapes: class_names has 7 entries but num_classes=5"):
         train(tiny_train_config("dataset.num_classes=5"))
     with pytest.raises(ValueError, match=r"model.num_classes=3 does not match dataset.num_classes=7"):
         train(tiny_train_config("model.num_classes=3"))
@@ -173,8 +216,8 @@ def test_last_ckpt_follows_every_epoch_even_when_the_best_does_not(tiny_train_co
     # epoch is "no improvement": last.ckpt must still move on (Lightning 2.6's save_last did not).
     cfg = tiny_train_config(
         "schedule.max_epochs=3",
-        "checkpoint.monitor=epoch",
-        "checkpoint.mode=min",
+        "callbacks.best_checkpoint.monitor=epoch",
+        "callbacks.best_checkpoint.mode=min",
         "trainer.limit_train_batches=1",
         "validation.attack_batches=0",
     )
@@ -191,12 +234,12 @@ def test_the_augmentation_seed_follows_the_run_seed(option, tmp_path):
 
 
 def test_experiment_and_debug_overlays_override_the_entry_config(tmp_path):
-    # train.yaml's own keys (checkpoint, validation) must not win over an overlay that sets them.
+    # The entry config's groups and keys (callbacks, validation) must not win over an overlay that sets them.
     cfg = compose_train_config(["experiment=shapes_eroseg_at"], output_dir=tmp_path)
-    assert cfg.checkpoint.monitor == "val/miou_pgd10"
+    assert cfg.callbacks.best_checkpoint.monitor == "val/miou_pgd10"
     assert compose_train_config(["debug=fdr"], output_dir=tmp_path).validation.attack_batches == 1
     # The command line still wins over both.
     cfg = compose_train_config(
-        ["experiment=shapes_eroseg_at", "checkpoint.monitor=val/loss"], output_dir=tmp_path
+        ["experiment=shapes_eroseg_at", "callbacks.best_checkpoint.monitor=val/loss"], output_dir=tmp_path
     )
-    assert cfg.checkpoint.monitor == "val/loss"
+    assert cfg.callbacks.best_checkpoint.monitor == "val/loss"

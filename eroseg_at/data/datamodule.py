@@ -125,11 +125,12 @@ class SegmentationDataModule(L.LightningDataModule):
     Args:
         name: dataset name (used for messages and the class-frequency cache).
         num_classes: number of classes; must match the source.
-        train_source: the training split, or a zero-argument factory returning it
-            (Hydra ``_partial_: true``) so that files are listed only in :meth:`setup`.
+        train_source: the training split, or a factory returning it (Hydra ``_partial_: true``)
+            so that files are listed only in :meth:`setup`; called with ``root=`` when ``root`` is set.
         val_source: the validation split, likewise.
         class_names: one name per class (``None``: ``class_0``, ``class_1``, ...).
-        root: dataset root (only recorded; the sources receive it through the config).
+        root: the directory the source factories read (``dataset.root=...`` on the command line);
+            ``None`` for generated data, whose factories take no root.
         ignore_index: label ignored everywhere (padding, boundaries, unlabelled pixels).
         background_class: class index treated as background by EroSeg, or ``None``.
         crop_size: ``[h, w]`` of training crops.
@@ -138,7 +139,8 @@ class SegmentationDataModule(L.LightningDataModule):
         val_batch_size: validation batch size.
         num_workers: DataLoader worker processes (``persistent_workers`` when positive).
         augment: :class:`AugmentConfig` fields.
-        palette: ``[[r, g, b], ...]`` per class, or ``None`` for the VOC bit palette.
+        palette: ``[[r, g, b], ...]`` per class (0-255), or ``None`` for the VOC bit palette; the
+            colours of label maps in figures.
         seed: seed of the augmentation pipeline.
         stats_cache_dir: directory of the class-frequency cache (``None``: user cache dir).
     """
@@ -217,7 +219,10 @@ class SegmentationDataModule(L.LightningDataModule):
         """The un-augmented ``"train"`` or ``"val"`` split, built (and checked) on first use."""
         if split not in self._sources:
             spec = self._source_specs[split]
-            source = spec if isinstance(spec, SegmentationSource) else spec()
+            if isinstance(spec, SegmentationSource):
+                source = spec
+            else:
+                source = spec() if self.root is None else spec(root=self.root)
             if source.num_classes != self.num_classes:
                 raise DatasetError(
                     f"dataset {self.name}: num_classes={self.num_classes} but its {split} split "

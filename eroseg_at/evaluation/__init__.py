@@ -1,5 +1,5 @@
-"""Robustness evaluation: checkpoints in, a report with every attack and the per-image worst case out."""
+"""Robustness evaluation: models in, a report with every attack and the per-image worst case out."""
 
-from eroseg_at.evaluation.pipeline import EvaluationResult, evaluate
+from eroseg_at.evaluation.runner import EvaluationResult, evaluate
 
 __all__ = ["EvaluationResult", "evaluate"]

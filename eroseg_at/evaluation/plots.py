@@ -10,15 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from eroseg_at.evaluation.runner import CheckpointReport, Example  # noqa: E402
-from eroseg_at.training.callbacks import amplified_perturbation  # noqa: E402
+from eroseg_at.evaluation.results import ModelReport, RowKind  # noqa: E402
+from eroseg_at.visualization import amplified_perturbation, colourise  # noqa: E402
 
 
-def _curves(report: CheckpointReport, kind: str, x_key: str) -> dict[str, list[tuple[float, float]]]:
+def _curves(report: ModelReport, kind: RowKind, x_key: str) -> dict[str, list[tuple[float, float]]]:
     curves: dict[str, list[tuple[float, float]]] = {}
-    for row in report.rows:
-        if row["kind"] == kind:
-            curves.setdefault(row["label"], []).append((row[x_key], 100 * row["miou"]))
+    for row in report.rows_of(kind):
+        curves.setdefault(row.label, []).append((getattr(row, x_key), 100 * row.miou))
     return {label: sorted(points) for label, points in curves.items()}
 
 
@@ -31,7 +30,7 @@ def _line_plot(curves: dict[str, list[tuple[float, float]]], ax: plt.Axes, x_sca
     ax.legend(fontsize="small")
 
 
-def miou_vs_eps(reports: list[CheckpointReport], path: Path) -> Path | None:
+def miou_vs_eps(reports: list[ModelReport], path: Path) -> Path | None:
     """mIoU against the budget (in /255 units), one line per attack (and the worst case), one panel per model."""
     panels = [
         (
@@ -48,18 +47,18 @@ def miou_vs_eps(reports: list[CheckpointReport], path: Path) -> Path | None:
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (report, curves) in zip(axes[0], panels, strict=True):
-        clean = next(row["miou"] for row in report.rows if row["kind"] == "clean")
+        clean = report.row("clean").miou
         curves = {label: [(0.0, 100 * clean), *points] for label, points in curves.items()}
         _line_plot(curves, ax, x_scale=255)
         ax.set_xlabel("eps (x/255)")
-        ax.set_title(f"{report.method}: {report.path.name}", fontsize="small")
+        ax.set_title(f"{report.method}: {report.name}", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
 
 
-def miou_vs_iterations(reports: list[CheckpointReport], path: Path) -> Path | None:
+def miou_vs_iterations(reports: list[ModelReport], path: Path) -> Path | None:
     """The attack-strength figure: mIoU against attack iterations, one line per attack, one panel per model."""
     panels = [(r, _curves(r, "iterations", "steps")) for r in reports]
     panels = [(r, curves) for r, curves in panels if curves]
@@ -68,29 +67,23 @@ def miou_vs_iterations(reports: list[CheckpointReport], path: Path) -> Path | No
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (report, curves) in zip(axes[0], panels, strict=True):
         _line_plot(curves, ax)
-        budget = next(row["eps_text"] for row in report.rows if row["kind"] == "iterations")
+        budget = report.rows_of("iterations")[0].eps_text
         ax.set_xlabel(f"attack iterations (eps {budget})")
-        ax.set_title(f"{report.method}: {report.path.name}", fontsize="small")
+        ax.set_title(f"{report.method}: {report.name}", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
 
 
-def colourise(labels: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.ndarray:
-    """RGB image of a label map; ``ignore_index`` pixels white."""
-    rgb = np.ones((*labels.shape, 3))
-    valid = (labels != ignore_index) & (labels < len(palette))
-    rgb[valid] = palette[labels[valid]]
-    return rgb
+def example_grid(report: ModelReport, path: Path) -> Path | None:
+    """Rows of images; columns clean, adversarial, amplified perturbation, ground truth, clean / adv prediction.
 
-
-def example_grid(report: CheckpointReport, path: Path, ignore_index: int = 255) -> Path | None:
-    """Rows of images; columns clean, adversarial, amplified perturbation, ground truth, clean / adv prediction."""
-    example: Example | None = report.example
+    Label maps are drawn in the dataset's palette (VOC's, Cityscapes', ...), ignored pixels white.
+    """
+    example = report.example
     if example is None:
         return None
-    palette = plt.get_cmap("tab20")(np.arange(len(report.class_names)) % 20)[:, :3]
     titles = [
         "clean",
         f"{example.attack_label} @{example.eps_text}",
@@ -108,7 +101,7 @@ def example_grid(report: CheckpointReport, path: Path, ignore_index: int = 255) 
             adversarial.permute(1, 2, 0).numpy(),
             amplified_perturbation(clean, adversarial).permute(1, 2, 0).numpy(),
             *(
-                colourise(maps[index].numpy(), palette, ignore_index)
+                colourise(maps[index].numpy(), report.palette, report.ignore_index)
                 for maps in (example.labels, example.clean_prediction, example.adversarial_prediction)
             ),
         ]
@@ -118,7 +111,7 @@ def example_grid(report: CheckpointReport, path: Path, ignore_index: int = 255) 
             ax.set_yticks([])
             if index == 0:
                 ax.set_title(titles[column], fontsize="small")
-    figure.suptitle(f"{report.method}: {report.path.name}", fontsize="small")
+    figure.suptitle(f"{report.method}: {report.name}", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

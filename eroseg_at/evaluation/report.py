@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from eroseg_at.evaluation.runner import CheckpointReport
+from eroseg_at.evaluation.results import ModelReport, ResultRow
 
 PACKAGES = (
     "eroseg-at",
@@ -23,7 +23,7 @@ PACKAGES = (
     "albumentations",
 )
 CSV_FIELDS = (
-    "checkpoint",
+    "model",
     "sha256",
     "method",
     "kind",
@@ -53,13 +53,13 @@ def percent(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
-def table_columns(reports: list[CheckpointReport]) -> list[tuple[str, str, str]]:
+def table_columns(reports: list[ModelReport]) -> list[tuple[str, str, str]]:
     """(kind, key, eps_text) of the table's columns: clean, each suite attack per budget, worst case per budget."""
     columns: list[tuple[str, str, str]] = []
     for report in reports:
         for row in report.rows:
-            column = (row["kind"], row["key"], row["eps_text"])
-            if row["kind"] != "iterations" and column not in columns:
+            column = (row.kind, row.key, row.eps_text)
+            if row.kind != "iterations" and column not in columns:
                 columns.append(column)
     budgets = list(dict.fromkeys(budget for kind, _, budget in columns if kind != "clean"))
     order = {"clean": 0, "attack": 1, "worst_case": 2}
@@ -67,62 +67,53 @@ def table_columns(reports: list[CheckpointReport]) -> list[tuple[str, str, str]]
     return sorted(columns, key=lambda c: (0 if c[0] == "clean" else 1 + budgets.index(c[2]), order[c[0]]))
 
 
-def column_title(reports: list[CheckpointReport], column: tuple[str, str, str], several_budgets: bool) -> str:
+def column_title(reports: list[ModelReport], column: tuple[str, str, str], several_budgets: bool) -> str:
     kind, key, budget = column
-    label = next(
-        row["label"]
-        for r in reports
-        for row in r.rows
-        if (row["kind"], row["key"], row["eps_text"]) == column
-    )
+    label = next(row.label for report in reports if (row := report.find(*column)) is not None)
     return f"{label} @{budget}" if several_budgets and kind != "clean" else label
 
 
-def find(report: CheckpointReport, column: tuple[str, str, str]) -> dict[str, Any] | None:
-    return next((row for row in report.rows if (row["kind"], row["key"], row["eps_text"]) == column), None)
-
-
-def markdown_table(reports: list[CheckpointReport]) -> str:
+def markdown_table(reports: list[ModelReport]) -> str:
     """mIoU (%) rows per checkpoint, columns as the EroSeg paper's table (clean, attacks, worst case)."""
     columns = table_columns(reports)
     several = len({budget for kind, _, budget in columns if kind != "clean"}) > 1
     titles = [column_title(reports, column, several) for column in columns]
     lines = ["| model / AT | checkpoint | " + " | ".join(titles) + " |", "|---|---|" + "---:|" * len(columns)]
     for report in reports:
-        cells = [percent(row["miou"]) if (row := find(report, column)) else "" for column in columns]
+        cells = [percent(row.miou) if (row := report.find(*column)) else "" for column in columns]
         lines.append(
-            f"| {report.method} | `{report.path.name}` ({report.sha256[:8]}) | " + " | ".join(cells) + " |"
+            f"| {report.method} | `{report.name}` ({report.sha256[:8]}) | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
 
 
-def per_class_table(report: CheckpointReport) -> str:
+def per_class_table(report: ModelReport) -> str:
     columns = table_columns([report])
     several = len({budget for kind, _, budget in columns if kind != "clean"}) > 1
     titles = [column_title([report], column, several) for column in columns]
     lines = ["| class | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(columns)]
-    rows = [find(report, column) for column in columns]
+    rows: list[ResultRow] = [report.row(*column) for column in columns]
     for index, name in enumerate(report.class_names):
-        lines.append(f"| {name} | " + " | ".join(percent(row["iou_per_class"][index]) for row in rows) + " |")
+        lines.append(f"| {name} | " + " | ".join(percent(row.iou_per_class[index]) for row in rows) + " |")
     return "\n".join(lines)
 
 
-def iterations_table(report: CheckpointReport) -> str | None:
-    rows = [row for row in report.rows if row["kind"] == "iterations"]
+def iterations_table(report: ModelReport) -> str | None:
+    rows = report.rows_of("iterations")
     if not rows:
         return None
-    steps = sorted({row["steps"] for row in rows})
-    labels = list(dict.fromkeys(row["label"] for row in rows))
+    steps = sorted({row.steps for row in rows})
+    labels = list(dict.fromkeys(row.label for row in rows))
     lines = ["| attack | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---:|" * len(steps)]
     for label in labels:
-        by_steps = {row["steps"]: row["miou"] for row in rows if row["label"] == label}
+        by_steps = {row.steps: row.miou for row in rows if row.label == label}
         lines.append(
             f"| {label} | " + " | ".join(percent(by_steps[s]) if s in by_steps else "" for s in steps) + " |"
         )
     return "\n".join(lines)
 
 
-def write_markdown(reports: list[CheckpointReport], path: Path, figures: list[Path]) -> None:
+def write_markdown(reports: list[ModelReport], path: Path, figures: list[Path]) -> None:
     parts = [
         "# Robustness report",
         "",
@@ -138,7 +129,7 @@ def write_markdown(reports: list[CheckpointReport], path: Path, figures: list[Pa
         if curve:
             parts += [
                 "",
-                f"## Attack strength: mIoU (%) vs iterations, {report.method} (`{report.path.name}`)",
+                f"## Attack strength: mIoU (%) vs iterations, {report.method} (`{report.name}`)",
                 "",
                 curve,
             ]
@@ -146,11 +137,11 @@ def write_markdown(reports: list[CheckpointReport], path: Path, figures: list[Pa
         parts += ["", "## Figures", ""] + [f"![{figure.stem}]({figure.name})" for figure in figures]
     parts += ["", "## Appendix: IoU per class (%)"]
     for report in reports:
-        parts += ["", f"### {report.method} (`{report.path}`)", "", per_class_table(report)]
+        parts += ["", f"### {report.method} (`{report.path or report.name}`)", "", per_class_table(report)]
     path.write_text("\n".join(parts) + "\n")
 
 
-def write_csv(reports: list[CheckpointReport], path: Path) -> None:
+def write_csv(reports: list[ModelReport], path: Path) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
@@ -158,33 +149,20 @@ def write_csv(reports: list[CheckpointReport], path: Path) -> None:
             for row in report.rows:
                 writer.writerow(
                     {
-                        "checkpoint": str(report.path),
+                        "model": report.name,
                         "sha256": report.sha256,
                         "method": report.method,
-                        **{key: row.get(key) for key in CSV_FIELDS[3:]},
+                        **{key: getattr(row, key) for key in CSV_FIELDS[3:]},
                     }
                 )
 
 
-def results_document(reports: list[CheckpointReport], settings: dict[str, Any]) -> dict[str, Any]:
+def results_document(reports: list[ModelReport], settings: dict[str, Any]) -> dict[str, Any]:
     return {
         "settings": settings,
         "command": sys.argv,
         "versions": package_versions(),
-        "checkpoints": [
-            {
-                "path": str(report.path),
-                "sha256": report.sha256,
-                "method": report.method,
-                "dataset": report.dataset,
-                "class_names": report.class_names,
-                "num_images": report.num_images,
-                "images": report.image_names,
-                "training_config": report.training,
-                "results": report.rows,
-            }
-            for report in reports
-        ],
+        "models": [report.to_json() for report in reports],
     }
 
 

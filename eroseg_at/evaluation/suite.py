@@ -1,4 +1,9 @@
-"""The attacks of an evaluation suite (``conf/suite/*.yaml``), expanded into concrete runs."""
+"""The attacks of an evaluation suite (``conf/suite/*.yaml``), expanded into concrete runs.
+
+A suite has ``attacks`` (key -> entry), an optional ``iterations`` curve, ``worst_case`` (the member keys, or
+``all``) and optional ``presets``: named groups of attack arguments (a protocol such as SEA's) that an entry
+takes with ``preset: <name>``; the entry's own arguments win over its preset's.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from eroseg_at.attacks.arguments import parse_number
 from eroseg_at.attacks.base import Attack, DatasetFacts
 
 # Keys of a suite entry that describe the entry; every other key is an argument of the attack.
-ENTRY_KEYS = ("attack", "label")
+ENTRY_KEYS = ("attack", "label", "preset")
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,9 @@ class AttackRun:
         return self.params.get("steps")
 
 
-def _entry(key: str, entry: Mapping[str, Any], where: str) -> tuple[str, str, dict[str, Any]]:
+def _entry(
+    key: str, entry: Mapping[str, Any], where: str, presets: Mapping[str, Mapping[str, Any]]
+) -> tuple[str, str, dict[str, Any]]:
     if not isinstance(entry, Mapping) or "attack" not in entry:
         raise ValueError(
             f"{where}.{key} must be a mapping with an 'attack' key (one of {available_attacks()})"
@@ -50,7 +57,11 @@ def _entry(key: str, entry: Mapping[str, Any], where: str) -> tuple[str, str, di
         raise ValueError(
             f"{where}.{key}.attack={name!r} is not an attack; available attacks: {available_attacks()}"
         )
-    params = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
+    preset = entry.get("preset")
+    if preset is not None and preset not in presets:
+        raise ValueError(f"{where}.{key}.preset={preset!r} is not a preset of the suite; presets: {sorted(presets)}")
+    params = {**(presets[preset] if preset is not None else {})}
+    params.update({k: v for k, v in entry.items() if k not in ENTRY_KEYS})
     if "eps" in params:
         raise ValueError(
             f"{where}.{key} sets eps; budgets come from the top-level eps list (or iterations.eps)"
@@ -70,11 +81,12 @@ def expand_suite(suite: Mapping[str, Any], eps: Sequence[Any]) -> list[AttackRun
     """
     runs = []
     attacks = suite.get("attacks") or {}
+    presets = suite.get("presets") or {}
     if attacks and not eps:
         raise ValueError("eps is empty: give at least one budget, e.g. eps=[8/255]")
     for budget in eps:
         for key, entry in attacks.items():
-            name, label, params = _entry(key, entry, "suite.attacks")
+            name, label, params = _entry(key, entry, "suite.attacks", presets)
             runs.append(
                 AttackRun(key, label, "attack", name, eps_text(budget), parse_number(budget, "eps"), params)
             )
@@ -82,8 +94,9 @@ def expand_suite(suite: Mapping[str, Any], eps: Sequence[Any]) -> list[AttackRun
     if curve:
         budget = curve["eps"]
         for key, entry in curve["attacks"].items():
-            name, label, params = _entry(key, entry, "suite.iterations.attacks")
-            if "steps" in params:
+            name, label, params = _entry(key, entry, "suite.iterations.attacks", presets)
+            # A preset's steps give way to the curve's.
+            if "steps" in entry:
                 raise ValueError(
                     f"suite.iterations.attacks.{key} sets steps; they come from iterations.steps"
                 )

@@ -59,7 +59,7 @@ def pixel_accuracy_per_image(confusion: Tensor) -> Tensor:
 
 def dataset_miou(confusion: Tensor) -> float:
     """Dataset-level mIoU of a summed ``[C, C]`` confusion matrix."""
-    return float(scores_from_confusion_matrix(confusion)["miou"])
+    return float(scores_from_confusion_matrix(confusion).miou)
 
 
 @dataclass

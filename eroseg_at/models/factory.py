@@ -1,8 +1,11 @@
-"""Build a :class:`SegmentationModel` from an architecture name and an encoder."""
+"""Build a :class:`SegmentationModel` from any segmentation-models-pytorch architecture name and encoder.
+
+``conf/model/*.yaml`` point their ``_target_`` here, so a new SMP architecture is a new YAML file.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,21 +14,10 @@ import torch
 
 from eroseg_at.models.wrapper import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
 
-# Our names -> SMP architecture names. Kept explicit so that the error for an
-# unknown name can list what is supported and tested here.
-ARCHITECTURES = {
-    "deeplabv3": "deeplabv3",
-    "deeplabv3plus": "deeplabv3plus",
-    "pspnet": "pspnet",
-    "unet": "unet",
-    "fpn": "fpn",
-    "segformer": "segformer",
-}
-
 
 def available_models() -> list[str]:
-    """Names accepted by :func:`build_model`."""
-    return sorted(ARCHITECTURES)
+    """Architecture names accepted by :func:`build_model`: every one segmentation-models-pytorch registers."""
+    return sorted(smp.MODEL_ARCHITECTURES_MAPPING)
 
 
 def load_encoder_weights(network: torch.nn.Module, path: str | Path) -> None:
@@ -95,7 +87,7 @@ def build_model(
     encoder_weights_path: str | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    **architecture_kwargs: Any,
+    architecture: Mapping[str, Any] | None = None,
 ) -> SegmentationModel:
     """Build a segmentation model.
 
@@ -108,8 +100,8 @@ def build_model(
         encoder_weights_path: A local encoder state dict to load instead.
         mean: Per-channel mean of the encoder's expected input, in [0, 1] units.
         std: Per-channel std of the encoder's expected input.
-        **architecture_kwargs: Passed to the SMP architecture (e.g.
-            ``encoder_output_stride=16`` for DeepLabV3, ``decoder_channels``).
+        architecture: Keyword arguments of the SMP architecture (e.g.
+            ``encoder_output_stride: 16`` for DeepLabV3, ``decoder_channels``).
 
     Returns:
         A :class:`SegmentationModel` taking images in [0, 1].
@@ -118,7 +110,7 @@ def build_model(
         ValueError: Unknown architecture (the message lists the valid names),
             or both ``encoder_weights`` and ``encoder_weights_path`` given.
     """
-    if name not in ARCHITECTURES:
+    if name not in smp.MODEL_ARCHITECTURES_MAPPING:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -126,15 +118,12 @@ def build_model(
         raise ValueError("give model.encoder_weights or model.encoder_weights_path, not both")
     if encoder_weights_path is not None and not Path(encoder_weights_path).is_file():
         raise FileNotFoundError(f"model.encoder_weights_path={encoder_weights_path} does not exist")
+    architecture = dict(architecture or {})
     network = smp.create_model(
-        ARCHITECTURES[name],
-        encoder_name=encoder,
-        encoder_weights=encoder_weights,
-        classes=num_classes,
-        **architecture_kwargs,
+        name, encoder_name=encoder, encoder_weights=encoder_weights, classes=num_classes, **architecture
     )
     if encoder_weights_path is not None:
         load_encoder_weights(network, encoder_weights_path)
-    drop_unused_encoder_stages(network.encoder, architecture_kwargs.get("encoder_depth", 5))
+    drop_unused_encoder_stages(network.encoder, architecture.get("encoder_depth", 5))
     input_divisor = network.encoder.output_stride if network.requires_divisible_input_shape else 1
     return SegmentationModel(network, num_classes, mean=mean, std=std, input_divisor=input_divisor)

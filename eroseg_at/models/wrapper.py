@@ -12,14 +12,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SegmentationModel(nn.Module):
-    """Wraps an SMP model so that it takes images in [0, 1] and normalises them itself.
+    """Wraps a segmentation-models-pytorch model so that it takes images in [0, 1] and normalises them itself.
 
     Keeping the mean/std normalisation inside the model means that attacks, which
     perturb the model input, work in pixel units: ``eps=8/255`` is 8 grey levels.
 
     Args:
-        network: An SMP ``SegmentationModel`` (has ``encoder``, ``decoder`` and
-            ``segmentation_head``).
+        network: An SMP model (has ``encoder`` and ``segmentation_head``; no classification head).
         num_classes: Number of output classes.
         mean: Per-channel mean the encoder expects, in [0, 1] units.
         std: Per-channel standard deviation the encoder expects.
@@ -66,17 +65,25 @@ class SegmentationModel(nn.Module):
     def logits_and_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the decoder features they are computed from.
 
+        The features are the input of the segmentation head, caught by a forward hook, so that every
+        architecture runs its own ``forward`` (DPT's, say, differs from the encoder-decoder-head chain).
+
         Shape:
             - Input: ``[B, 3, H, W]`` in [0, 1].
             - Output: logits ``[B, C, H, W]`` and decoder features ``[B, D, h, w]``
               (the decoder output before the segmentation head; RP-PGD builds class
               prototypes from them).
         """
-        self._check_input(images)
-        encoder_features = self.network.encoder(self.normalize(images))
-        decoder_features = self.network.decoder(encoder_features)
-        logits = self.network.segmentation_head(decoder_features)
-        return logits, decoder_features
+        caught: list[torch.Tensor] = []
+        hook = self.network.segmentation_head.register_forward_hook(
+            lambda module, inputs, output: caught.append(inputs[0])
+        )
+        try:
+            logits = self(images)
+        finally:
+            hook.remove()
+        return logits, caught[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits_and_features(images)[0]
+        self._check_input(images)
+        return self.network(self.normalize(images))

@@ -12,21 +12,25 @@ from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 from rich.table import Table
 
+from eroseg_at.checkpoint import CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION
+from eroseg_at.metrics import SegmentationScores
+from eroseg_at.visualization import amplified_perturbation
+
 
 class ConfigInCheckpoint(Callback):
-    """Stores the run's resolved config in every checkpoint, so evaluation can rebuild
-    the exact model and dataset from the checkpoint alone (plain types only, so the
-    checkpoint still loads with ``weights_only=True``)."""
+    """Stores the run's resolved config and the checkpoint format in every checkpoint
+    (:mod:`eroseg_at.checkpoint`), so evaluation can rebuild the exact model and dataset from
+    the checkpoint alone (plain types only, so it still loads with ``weights_only=True``)."""
 
-    def __init__(self, config: dict[str, Any], key: str) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
-        self.key = key
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[self.key] = self.config
+        checkpoint[CONFIG_KEY] = self.config
+        checkpoint[FORMAT_KEY] = FORMAT_VERSION
 
 
-def iou_table(scores: dict[str, dict[str, torch.Tensor]], class_names: list[str]) -> Table:
+def iou_table(scores: dict[str, SegmentationScores], class_names: list[str]) -> Table:
     """A table of per-class IoU (rows) for clean and each attack (columns)."""
     table = Table(title="Validation IoU per class (%)")
     table.add_column("class")
@@ -35,10 +39,10 @@ def iou_table(scores: dict[str, dict[str, torch.Tensor]], class_names: list[str]
     for index, class_name in enumerate(class_names):
         cells = []
         for result in scores.values():
-            value = float(result["iou_per_class"][index])
+            value = float(result.iou_per_class[index])
             cells.append("absent" if np.isnan(value) else f"{100 * value:.1f}")
         table.add_row(class_name, *cells)
-    table.add_row("mIoU", *(f"{100 * float(result['miou']):.1f}" for result in scores.values()), style="bold")
+    table.add_row("mIoU", *(f"{100 * float(result.miou):.1f}" for result in scores.values()), style="bold")
     return table
 
 
@@ -53,18 +57,6 @@ class IoUTablePrinter(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or not pl_module.last_val_scores:
             return
         Console().print(iou_table(pl_module.last_val_scores, pl_module.class_names))
-
-
-def amplified_perturbation(clean: torch.Tensor, adversarial: torch.Tensor) -> torch.Tensor:
-    """Perturbation scaled so that its largest magnitude maps to 0 or 1 around grey 0.5.
-
-    Shape:
-        - Input: two ``[3, H, W]`` images in [0, 1].
-        - Output: ``[3, H, W]`` in [0, 1].
-    """
-    delta = adversarial - clean
-    scale = delta.abs().amax().clamp_min(1e-12)
-    return 0.5 + 0.5 * delta / scale
 
 
 class WandbExamplePanels(Callback):
@@ -91,25 +83,25 @@ class WandbExamplePanels(Callback):
             return (image.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
 
         panels: dict[str, list] = {"val/examples_clean": []}
-        for i in range(examples["images"].shape[0]):
+        for i in range(examples.images.shape[0]):
             panels["val/examples_clean"].append(
                 wandb.Image(
-                    picture(examples["images"][i]),
-                    masks=masks(ground_truth=examples["labels"][i], prediction=examples["clean_pred"][i]),
+                    picture(examples.images[i]),
+                    masks=masks(ground_truth=examples.labels[i], prediction=examples.clean_prediction[i]),
                 )
             )
-            if "adv_images" in examples:
-                attack = examples["attack"]
+            if examples.attack is not None:
+                attack = examples.attack
                 panels.setdefault(f"val/examples_{attack}", []).append(
                     wandb.Image(
-                        picture(examples["adv_images"][i]),
-                        masks=masks(ground_truth=examples["labels"][i], prediction=examples["adv_pred"][i]),
+                        picture(examples.adversarial[i]),
+                        masks=masks(
+                            ground_truth=examples.labels[i], prediction=examples.adversarial_prediction[i]
+                        ),
                     )
                 )
                 panels.setdefault(f"val/perturbation_{attack}", []).append(
-                    wandb.Image(
-                        picture(amplified_perturbation(examples["images"][i], examples["adv_images"][i]))
-                    )
+                    wandb.Image(picture(amplified_perturbation(examples.images[i], examples.adversarial[i])))
                 )
         for logger in loggers:
             logger.experiment.log({**panels, "epoch": trainer.current_epoch})

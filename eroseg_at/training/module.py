@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -12,16 +12,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eroseg_at.metrics import SegmentationMetrics
+from eroseg_at.metrics import SegmentationMetrics, SegmentationScores
 from eroseg_at.predictions import predicted_classes
-from eroseg_at.training.optim import build_optimizer, lr_factor
 
 AT_OBJECTIVES = ("clean_plus_adv", "half_adv")
 
+# What Hydra's partials of the ``schedule`` group become: the optimizer over the module's parameters, and
+# the LR schedule over that optimizer once the number of optimizer steps is known.
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
+DEFAULT_OPTIMIZER: OptimizerFactory = partial(torch.optim.SGD, lr=0.01, momentum=0.9, weight_decay=1e-4)
 
-@dataclass
-class AdversarialTrainingConfig:
-    """How the training attack enters the loss.
+
+@dataclass(frozen=True)
+class AdversarialTraining:
+    """How the training attack enters training (the ``adversarial`` config key).
 
     Attributes:
         objective: ``clean_plus_adv`` is EroSeg-AT's ``CE(x) + adv_weight * CE(x_adv)``
@@ -29,54 +34,62 @@ class AdversarialTrainingConfig:
             half of each batch is replaced by its adversarial version and the plain
             CE is taken over the mixed batch.
         adv_weight: Weight of the adversarial term in ``clean_plus_adv``.
+        attack_steps: Iterations of the training attack per batch; None keeps the attack's own ``steps``.
         eps_warmup_epochs: The training attack's eps ramps linearly from
             ``eps / N`` in epoch 0 to the full ``eps`` from epoch ``N - 1`` on; 0 disables.
     """
 
     objective: str = "clean_plus_adv"
     adv_weight: float = 1.0
+    attack_steps: int | None = None
     eps_warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.objective not in AT_OBJECTIVES:
             raise ValueError(
-                f"unknown adversarial objective {self.objective!r}; expected one of {', '.join(AT_OBJECTIVES)}"
+                f"unknown adversarial objective {self.objective!r}; expected one of {', '.join(AT_OBJECTIVES)} "
+                "(adversarial.objective)"
             )
         if self.adv_weight < 0:
-            raise ValueError(f"adv_weight must be >= 0, got {self.adv_weight}")
+            raise ValueError(f"adversarial.adv_weight must be >= 0, got {self.adv_weight}")
+        if self.attack_steps is not None and self.attack_steps < 1:
+            raise ValueError(f"adversarial.attack_steps must be >= 1 or null, got {self.attack_steps}")
         if self.eps_warmup_epochs < 0:
-            raise ValueError(f"eps_warmup_epochs must be >= 0, got {self.eps_warmup_epochs}")
+            raise ValueError(f"adversarial.eps_warmup_epochs must be >= 0, got {self.eps_warmup_epochs}")
 
 
-@dataclass
-class OptimizationConfig:
-    """Optimizer and learning-rate schedule (the ``schedule`` config group)."""
-
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    betas: Sequence[float] = (0.9, 0.999)
-    lr_schedule: str = "poly"
-    poly_power: float = 0.9
-    warmup_steps: int = 0
-
-
-@dataclass
+@dataclass(frozen=True)
 class ValidationConfig:
-    """Robust validation.
+    """Robust validation (the ``validation`` config group).
 
     Attributes:
-        attacks: Name -> attack; each gets its own metric, logged as ``val/miou_<name>``.
+        attacks: Name -> attack; each gets its own metric, logged as ``val/miou_<name>``;
+            None or empty validates clean only.
         attack_batches: Only the first N validation batches are attacked (robust
             validation is expensive); ``None`` attacks every batch.
         example_images: How many images of the first validation batch are kept
             for the example panels.
     """
 
-    attacks: Mapping[str, Callable[..., torch.Tensor]] = field(default_factory=dict)
+    attacks: Mapping[str, Callable[..., torch.Tensor]] | None = None
     attack_batches: int | None = None
     example_images: int = 4
+
+
+@dataclass
+class ValidationExamples:
+    """The first validation images of an epoch, clean and under the first validation attack (W&B panels).
+
+    Shape:
+        images, adversarial: ``[K, 3, H, W]``; labels, clean_prediction, adversarial_prediction: ``[K, H, W]``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    clean_prediction: torch.Tensor
+    attack: str | None = None
+    adversarial: torch.Tensor | None = None
+    adversarial_prediction: torch.Tensor | None = None
 
 
 class SegmentationModule(L.LightningModule):
@@ -92,7 +105,9 @@ class SegmentationModule(L.LightningModule):
         num_classes: Number of classes.
         class_names: One name per class, for the per-class IoU table and W&B masks.
         ignore_index: Label that never counts in losses or metrics.
-        optimization: Optimizer and LR schedule.
+        optimizer: Builds the optimizer from the parameters (``schedule.optimizer``, a partial).
+        lr_scheduler: Builds the per-step LR schedule from the optimizer and the number of optimizer
+            steps (``schedule.lr_scheduler``, a partial); None keeps the learning rate constant.
         train_attack: The attack that builds adversarial training batches; ``None``
             means standard training.
         adversarial: How adversarial examples enter the loss.
@@ -105,9 +120,10 @@ class SegmentationModule(L.LightningModule):
         num_classes: int,
         class_names: Sequence[str],
         ignore_index: int = 255,
-        optimization: OptimizationConfig | None = None,
+        optimizer: OptimizerFactory = DEFAULT_OPTIMIZER,
+        lr_scheduler: SchedulerFactory | None = None,
         train_attack: Callable[..., torch.Tensor] | None = None,
-        adversarial: AdversarialTrainingConfig | None = None,
+        adversarial: AdversarialTraining | None = None,
         validation: ValidationConfig | None = None,
     ) -> None:
         super().__init__()
@@ -117,17 +133,19 @@ class SegmentationModule(L.LightningModule):
         self.num_classes = num_classes
         self.class_names = list(class_names)
         self.ignore_index = ignore_index
-        self.optimization = optimization or OptimizationConfig()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.train_attack = train_attack
-        self.adversarial = adversarial or AdversarialTrainingConfig()
+        self.adversarial = adversarial or AdversarialTraining()
         self.validation = validation or ValidationConfig()
+        self.validation_attacks = dict(self.validation.attacks or {})
         self._train_attack_eps = float(train_attack.eps) if train_attack is not None else None
         make_metrics = partial(SegmentationMetrics, num_classes=num_classes, ignore_index=ignore_index)
         self.val_metrics = nn.ModuleDict({"clean": make_metrics()})
-        for name in self.validation.attacks:
+        for name in self.validation_attacks:
             self.val_metrics[name] = make_metrics()
-        self.last_val_scores: dict[str, dict[str, torch.Tensor]] = {}
-        self.val_examples: dict[str, torch.Tensor] | None = None
+        self.last_val_scores: dict[str, SegmentationScores] = {}
+        self.val_examples: ValidationExamples | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
@@ -215,7 +233,7 @@ class SegmentationModule(L.LightningModule):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
                 "stopping before the optimizer step. The last good checkpoint is last.ckpt in the run's "
-                "checkpoint directory; lower schedule.lr or check the data."
+                "checkpoint directory; lower schedule.optimizer.lr or check the data."
             )
 
     # --------------------------------------------------------------- validation
@@ -229,23 +247,23 @@ class SegmentationModule(L.LightningModule):
         keep_examples = batch_idx == 0 and self.validation.example_images > 0
         if keep_examples:
             n = self.validation.example_images
-            self.val_examples = {
-                "images": images[:n].detach(),
-                "labels": labels[:n].detach(),
-                "clean_pred": predicted_classes(clean_logits[:n]),
-            }
+            self.val_examples = ValidationExamples(
+                images=images[:n].detach(),
+                labels=labels[:n].detach(),
+                clean_prediction=predicted_classes(clean_logits[:n]),
+            )
         if not attacked:
             return
-        for name, attack in self.validation.attacks.items():
+        for name, attack in self.validation_attacks.items():
             adv_images = attack(self.model, images, labels)
             with torch.no_grad():
                 adv_logits = self.model(adv_images)
             self.val_metrics[name].update(adv_logits, labels)
-            if keep_examples and "adv_images" not in self.val_examples:
+            if keep_examples and self.val_examples.attack is None:
                 n = self.validation.example_images
-                self.val_examples["attack"] = name
-                self.val_examples["adv_images"] = adv_images[:n].detach()
-                self.val_examples["adv_pred"] = predicted_classes(adv_logits[:n])
+                self.val_examples.attack = name
+                self.val_examples.adversarial = adv_images[:n].detach()
+                self.val_examples.adversarial_prediction = predicted_classes(adv_logits[:n])
 
     def on_validation_epoch_end(self) -> None:
         scores = {}
@@ -255,28 +273,14 @@ class SegmentationModule(L.LightningModule):
             scores[name] = metric.compute()
             metric.reset()
             # compute() already summed the confusion matrices across processes.
-            self.log(f"val/miou_{name}", scores[name]["miou"].float(), prog_bar=True)
-            self.log(f"val/pixel_accuracy_{name}", scores[name]["pixel_accuracy"].float())
+            self.log(f"val/miou_{name}", scores[name].miou.float(), prog_bar=True)
+            self.log(f"val/pixel_accuracy_{name}", scores[name].pixel_accuracy.float())
         self.last_val_scores = scores
 
     # ------------------------------------------------------------- optimization
     def configure_optimizers(self) -> dict[str, Any]:
-        opt = self.optimization
-        optimizer = build_optimizer(
-            self.parameters(),
-            opt.optimizer,
-            lr=opt.lr,
-            weight_decay=opt.weight_decay,
-            momentum=opt.momentum,
-            betas=tuple(opt.betas),
-        )
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = partial(
-            lr_factor,
-            opt.lr_schedule,
-            total_steps=total_steps,
-            warmup_steps=opt.warmup_steps,
-            power=opt.poly_power,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.lr_scheduler_factory(optimizer, max(1, int(self.trainer.estimated_stepping_batches)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,48 +1,51 @@
-"""Optimizers and learning-rate schedules of the ``schedule`` config group."""
+"""Learning-rate schedules of the ``schedule`` config group, as ``(optimizer, total_steps) -> LRScheduler``.
+
+The optimizer itself is any ``torch.optim`` class, built by Hydra as a partial (``schedule.optimizer``);
+the schedule is a partial of one of these functions (``schedule.lr_scheduler``), completed by the training
+module once the number of optimizer steps is known.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable
 
-import torch
-
-OPTIMIZERS = ("sgd", "adamw")
-LR_SCHEDULES = ("poly", "cosine", "constant")
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
 
 
-def build_optimizer(
-    parameters: Iterable[torch.nn.Parameter],
-    name: str,
-    lr: float,
-    weight_decay: float = 0.0,
-    momentum: float = 0.9,
-    betas: tuple[float, float] = (0.9, 0.999),
-) -> torch.optim.Optimizer:
-    """SGD with Nesterov-free momentum (the DeepLab recipe) or AdamW."""
-    if lr <= 0:
-        raise ValueError(f"schedule.lr must be > 0, got {lr}")
-    if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    raise ValueError(f"unknown schedule.optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+def _with_warmup(
+    decay: Callable[[float], float], total_steps: int, warmup_steps: int
+) -> Callable[[int], float]:
+    """The LR multiplier at step ``step``: linear warm-up over ``warmup_steps``, then ``decay(progress)``."""
+    if warmup_steps < 0:
+        raise ValueError(f"schedule.lr_scheduler.warmup_steps must be >= 0, got {warmup_steps}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return decay(min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+    return factor
 
 
-def lr_factor(name: str, step: int, total_steps: int, warmup_steps: int = 0, power: float = 0.9) -> float:
-    """Multiplier of the base learning rate at optimizer step ``step``.
+def poly_schedule(
+    optimizer: Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0
+) -> LambdaLR:
+    """DeepLab's poly decay ``(1 − progress) ** power`` per optimizer step, after a linear warm-up."""
+    return LambdaLR(
+        optimizer, _with_warmup(lambda progress: (1.0 - progress) ** power, total_steps, warmup_steps)
+    )
 
-    ``poly`` is ``(1 - progress) ** power`` (DeepLab), ``cosine`` decays to 0 along
-    half a cosine, ``constant`` keeps 1. A linear warm-up over ``warmup_steps``
-    comes first for all of them.
-    """
-    if name not in LR_SCHEDULES:
-        raise ValueError(f"unknown schedule.lr_schedule {name!r}; expected one of {', '.join(LR_SCHEDULES)}")
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if name == "poly":
-        return (1.0 - progress) ** power
-    if name == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0
+
+def cosine_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
+    """Half a cosine from 1 to 0 over the optimizer steps, after a linear warm-up."""
+    return LambdaLR(
+        optimizer,
+        _with_warmup(lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)), total_steps, warmup_steps),
+    )
+
+
+def constant_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
+    """The base learning rate throughout, after a linear warm-up."""
+    return LambdaLR(optimizer, _with_warmup(lambda progress: 1.0, total_steps, warmup_steps))

@@ -12,19 +12,13 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from eroseg_at.models import SegmentationModel, build_model
-from eroseg_at.training.callbacks import ConfigInCheckpoint, IoUTablePrinter, WandbExamplePanels
-from eroseg_at.training.module import (
-    AdversarialTrainingConfig,
-    OptimizationConfig,
-    SegmentationModule,
-    ValidationConfig,
-)
-
-CONFIG_KEY = "eroseg_at_config"
+from eroseg_at.configs import build
+from eroseg_at.training.callbacks import ConfigInCheckpoint
+from eroseg_at.training.module import AdversarialTraining, SegmentationModule
 
 
 @dataclass
@@ -40,25 +34,11 @@ class TrainResult:
 
 
 def has_target(node: Any) -> bool:
+    """Whether ``node`` describes an object for Hydra to build (``attack=none`` and ``logger=none`` do not)."""
     return isinstance(node, DictConfig) and "_target_" in node
 
 
-def build_model_from_config(cfg: DictConfig) -> SegmentationModel:
-    """The model of ``cfg.model``; its ``num_classes`` defaults to the dataset's."""
-    model_cfg = cfg.model
-    return build_model(
-        model_cfg.name,
-        num_classes=model_cfg.num_classes,
-        encoder=model_cfg.encoder,
-        encoder_weights=model_cfg.encoder_weights,
-        encoder_weights_path=model_cfg.encoder_weights_path,
-        mean=list(model_cfg.mean),
-        std=list(model_cfg.std),
-        **OmegaConf.to_container(model_cfg.architecture, resolve=True),
-    )
-
-
-def check_setup(cfg: DictConfig, model: SegmentationModel, datamodule: Any) -> None:
+def check_setup(cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
     """Refuse configurations that would only fail (or silently mislead) mid-training."""
     dataset = cfg.dataset
     if model.num_classes != datamodule.num_classes:
@@ -70,87 +50,55 @@ def check_setup(cfg: DictConfig, model: SegmentationModel, datamodule: Any) -> N
     crop_h, crop_w = dataset.crop_size
     if crop_h % divisor or crop_w % divisor:
         raise ValueError(
-            f"dataset.crop_size={[crop_h, crop_w]} is not divisible by {divisor}, which model "
-            f"'{cfg.model.name}' with encoder '{cfg.model.encoder}' needs; use a multiple of {divisor}"
+            f"dataset.crop_size={[crop_h, crop_w]} is not divisible by {divisor}, which the model "
+            f"({describe_model_config(cfg.model)}) needs; use a multiple of {divisor}"
         )
     if dataset.pad_divisor % divisor:
         raise ValueError(
-            f"dataset.pad_divisor={dataset.pad_divisor} is not a multiple of {divisor}, which model "
-            f"'{cfg.model.name}' needs for validation images"
+            f"dataset.pad_divisor={dataset.pad_divisor} is not a multiple of {divisor}, which the model "
+            f"({describe_model_config(cfg.model)}) needs for validation images"
         )
 
 
-def build_train_attack(cfg: DictConfig) -> Any:
-    """The training attack, with ``schedule.attack_steps`` iterations (``None`` for attack=none)."""
+def describe_model_config(model: DictConfig) -> str:
+    """The model config's builder and its identifying settings, for error messages."""
+    settings = ", ".join(
+        f"{key}={model[key]}" for key in ("name", "encoder", "path", "weights") if model.get(key) is not None
+    )
+    return f"{model._target_}({settings})"
+
+
+def build_train_attack(cfg: DictConfig, adversarial: AdversarialTraining) -> Any:
+    """The training attack with ``adversarial.attack_steps`` iterations (``None`` for attack=none)."""
     if not has_target(cfg.attack):
         return None
-    overrides = {}
-    if cfg.schedule.get("attack_steps") is not None:
-        overrides["steps"] = cfg.schedule.attack_steps
+    overrides = {} if adversarial.attack_steps is None else {"steps": adversarial.attack_steps}
     return instantiate(cfg.attack, **overrides)
 
 
-def build_module(cfg: DictConfig, model: SegmentationModel, datamodule: Any) -> SegmentationModule:
-    schedule = cfg.schedule
-    validation_attacks = {name: instantiate(node) for name, node in (cfg.validation.attacks or {}).items()}
+def build_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> SegmentationModule:
+    adversarial = instantiate(cfg.adversarial)
+    # _convert_="all": plain lists in the optimizer's settings (betas), so its state saves in a checkpoint
+    # that loads with weights_only=True.
     return SegmentationModule(
         model,
         num_classes=datamodule.num_classes,
         class_names=list(datamodule.class_names),
         ignore_index=datamodule.ignore_index,
-        optimization=OptimizationConfig(
-            optimizer=schedule.optimizer,
-            lr=schedule.lr,
-            weight_decay=schedule.weight_decay,
-            momentum=schedule.momentum,
-            betas=tuple(schedule.betas),
-            lr_schedule=schedule.lr_schedule,
-            poly_power=schedule.poly_power,
-            warmup_steps=schedule.warmup_steps,
-        ),
-        train_attack=build_train_attack(cfg),
-        adversarial=AdversarialTrainingConfig(
-            objective=cfg.adversarial.objective,
-            adv_weight=cfg.adversarial.adv_weight,
-            eps_warmup_epochs=schedule.eps_warmup_epochs,
-        ),
-        validation=ValidationConfig(
-            attacks=validation_attacks,
-            attack_batches=cfg.validation.attack_batches,
-            example_images=cfg.validation.example_images,
-        ),
+        optimizer=instantiate(cfg.schedule.optimizer, _convert_="all"),
+        lr_scheduler=instantiate(cfg.schedule.lr_scheduler)
+        if has_target(cfg.schedule.get("lr_scheduler"))
+        else None,
+        train_attack=build_train_attack(cfg, adversarial),
+        adversarial=adversarial,
+        validation=instantiate(cfg.validation),
     )
 
 
-def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[Callback]:
-    checkpoint_dir = output_dir / "checkpoints"
-    best = ModelCheckpoint(
-        dirpath=checkpoint_dir,
-        filename="best-epoch{epoch:03d}",
-        auto_insert_metric_name=False,
-        monitor=cfg.checkpoint.monitor,
-        mode=cfg.checkpoint.mode,
-        save_top_k=1,
-    )
-    # A callback of its own, not save_last=True on the one above: since Lightning 2.6,
-    # save_last writes last.ckpt only when a top-k file is written in the same step, so
-    # last.ckpt went stale whenever the monitored metric did not improve (and a resumed run
-    # then restarted from an older epoch). Without a monitor it writes after every validation.
-    last = ModelCheckpoint(
-        dirpath=checkpoint_dir,
-        filename="last",
-        monitor=None,
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    return [
-        best,
-        last,
-        RichProgressBar(leave=True),
-        IoUTablePrinter(),
-        WandbExamplePanels(),
-        ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True), key=CONFIG_KEY),
-    ]
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The ``callbacks`` group's callbacks (null entries left out) and the one that stores ``cfg``."""
+    configured = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if has_target(node)]
+    return [*configured, ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True))]
 
 
 def build_logger(cfg: DictConfig) -> Any:
@@ -177,11 +125,11 @@ def train(cfg: DictConfig) -> TrainResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.dataset)
-    model = build_model_from_config(cfg)
+    datamodule = build(cfg.dataset)
+    model = build(cfg.model)
     check_setup(cfg, model, datamodule)
     module = build_module(cfg, model, datamodule)
-    callbacks = build_callbacks(cfg, output_dir)
+    callbacks = build_callbacks(cfg)
     logger = build_logger(cfg)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(output_dir)

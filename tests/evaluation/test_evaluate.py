@@ -13,10 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
+from eroseg_at.checkpoint import (
+    CONFIG_KEY,
+    FORMAT_KEY,
+    CheckpointError,
+    load_checkpoint,
+    resolve_checkpoint_paths,
+)
 from eroseg_at.evaluation import evaluate
-from eroseg_at.evaluation.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_paths
 from eroseg_at.evaluation.inference import FullResolutionModel
-from eroseg_at.training.runner import CONFIG_KEY, train
+from eroseg_at.training.runner import train
 from tests.conftest import REPO_ROOT, compose_train_config
 from tests.evaluation.conftest import compose_evaluate_config
 
@@ -45,7 +51,7 @@ def test_report_files_exist_and_parse(quick_report):
     ):
         assert files[name].is_file() and files[name].stat().st_size > 0, name
     document = json.loads(files["results.json"].read_text())
-    (checkpoint,) = document["checkpoints"]
+    (checkpoint,) = document["models"]
     assert checkpoint["sha256"] == load_checkpoint(checkpoint["path"]).sha256
     assert checkpoint["method"] == "standard" and checkpoint["num_images"] == 4
     assert set(document["versions"]) >= {"torch", "lightning", "segmentation-models-pytorch", "python"}
@@ -65,32 +71,30 @@ def test_report_files_exist_and_parse(quick_report):
 
 def test_robust_scores_do_not_exceed_clean_and_worst_case_bounds_every_attack(quick_report):
     (report,) = quick_report.reports
-    clean = next(row for row in report.rows if row["kind"] == "clean")
+    clean = next(row for row in report.rows if row.kind == "clean")
     for budget in ("4/255", "8/255"):
-        singles = [row for row in report.rows if row["kind"] == "attack" and row["eps_text"] == budget]
-        (worst,) = [row for row in report.rows if row["kind"] == "worst_case" and row["eps_text"] == budget]
-        assert worst["members"] == ["clean", "pgd3", "segpgd3", "eroseg3"]
+        singles = [row for row in report.rows if row.kind == "attack" and row.eps_text == budget]
+        (worst,) = [row for row in report.rows if row.kind == "worst_case" and row.eps_text == budget]
+        assert worst.worst_case.members == ("clean", "pgd3", "segpgd3", "eroseg3")
         for row in singles:
-            assert row["pixel_accuracy"] <= clean["pixel_accuracy"] + 1e-9
-            assert worst["miou"] <= row["miou"] + 1e-12
+            assert row.pixel_accuracy <= clean.pixel_accuracy + 1e-9
+            assert worst.miou <= row.miou + 1e-12
             assert all(
                 w <= s + 1e-12
-                for w, s in zip(
-                    worst["per_image_pixel_accuracy"], row["per_image_pixel_accuracy"], strict=True
-                )
+                for w, s in zip(worst.per_image_pixel_accuracy, row.per_image_pixel_accuracy, strict=True)
             )
-        assert worst["miou"] <= clean["miou"] + 1e-12
-        assert worst["pixel_accuracy"] <= min(row["pixel_accuracy"] for row in singles) + 1e-12
+        assert worst.miou <= clean.miou + 1e-12
+        assert worst.pixel_accuracy <= min(row.pixel_accuracy for row in singles) + 1e-12
 
 
 def test_worst_case_miou_matches_its_per_image_choice(quick_report):
     (report,) = quick_report.reports
-    (worst,) = [row for row in report.rows if row["kind"] == "worst_case" and row["eps_text"] == "8/255"]
-    assert len(worst["miou_choice"]) == report.num_images
-    assert set(worst["miou_choice"]) <= set(worst["members"])
+    (worst,) = [row for row in report.rows if row.kind == "worst_case" and row.eps_text == "8/255"]
+    assert len(worst.worst_case.miou_choice) == report.num_images
+    assert set(worst.worst_case.miou_choice) <= set(worst.worst_case.members)
     # The iteration curve is reported but never enters the worst case.
-    assert not any("@" in member for member in worst["members"])
-    assert {row["steps"] for row in report.rows if row["kind"] == "iterations"} == {1, 2}
+    assert not any("@" in member for member in worst.worst_case.members)
+    assert {row.steps for row in report.rows if row.kind == "iterations"} == {1, 2}
 
 
 def save_modified(source, target, change):
@@ -140,6 +144,42 @@ def test_class_count_mismatch_is_refused(trained_run, tmp_path):
     cfg = compose_evaluate_config([f"ckpt_path={path}", "suite=quick", *SMALL], tmp_path / "out")
     with pytest.raises(CheckpointError, match=r"five\.ckpt.*predicts 5 classes but dataset 'shapes' has 7"):
         evaluate(cfg)
+
+
+def as_format_1(payload):
+    """What train.py wrote before the checkpoint format had a version: the model config without
+    _target_, and the training attack's settings in `schedule`."""
+    config = payload[CONFIG_KEY]
+    del payload[FORMAT_KEY]
+    config["model"].pop("_target_")
+    config["schedule"] = {
+        "optimizer": "adamw",
+        "lr": 0.004,
+        "attack_steps": config["adversarial"].pop("attack_steps"),
+        "eps_warmup_epochs": config["adversarial"].pop("eps_warmup_epochs"),
+    }
+    config["adversarial"].pop("_target_")
+
+
+def test_a_checkpoint_of_format_1_still_evaluates_to_the_same_report(trained_run, tmp_path, quick_report):
+    old = save_modified(trained_run / "last.ckpt", tmp_path / "format1.ckpt", as_format_1)
+    assert FORMAT_KEY not in torch.load(old, map_location="cpu", weights_only=True)
+    assert load_checkpoint(old).config.adversarial.attack_steps == 3
+    cfg = compose_evaluate_config([f"ckpt_path={old}", "suite=quick", *SMALL], tmp_path / "out")
+    (report,) = evaluate(cfg).reports
+    (expected,) = quick_report.reports
+    assert report.method == expected.method == "standard"
+    assert [(row.key, row.eps_text, row.miou) for row in report.rows] == [
+        (row.key, row.eps_text, row.miou) for row in expected.rows
+    ]
+
+
+def test_a_checkpoint_of_an_unknown_format_is_refused(trained_run, tmp_path):
+    path = save_modified(
+        trained_run / "last.ckpt", tmp_path / "future.ckpt", lambda payload: payload.update({FORMAT_KEY: 99})
+    )
+    with pytest.raises(CheckpointError, match=r"future\.ckpt.*has format 99.*reads formats 1 and 2"):
+        load_checkpoint(path)
 
 
 def test_glob_matching_nothing_is_refused(tmp_path):
@@ -192,7 +232,7 @@ def test_make_eval_with_a_glob_gives_one_row_per_checkpoint(trained_run, tmp_pat
     for checkpoint in checkpoints:
         assert f"`{checkpoint.name}`" in table
     document = json.loads((tmp_path / "results.json").read_text())
-    assert sorted(c["path"] for c in document["checkpoints"]) == [str(c) for c in checkpoints]
+    assert sorted(c["path"] for c in document["models"]) == [str(c) for c in checkpoints]
 
 
 def write_mixed_size_folder(root, sizes) -> None:
@@ -252,7 +292,7 @@ def test_attacks_see_every_image_at_its_own_size_never_padding(tmp_path, monkeyp
     # Every input an attack or the metric sees is one real image size: no collate or divisor padding.
     assert seen and set(seen) == set(sizes)
     document = json.loads(report.files["results.json"].read_text())
-    (checkpoint,) = document["checkpoints"]
+    (checkpoint,) = document["models"]
     # Batched by size, and the per-image lists name their images in that order.
     assert [name.rsplit("/", 1)[-1] for name in checkpoint["images"]] == ["0.png", "2.png", "1.png", "3.png"]
     clean = next(row for row in checkpoint["results"] if row["kind"] == "clean")

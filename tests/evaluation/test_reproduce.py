@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from types import SimpleNamespace
-
 import pytest
 
+from eroseg_at.evaluation.results import ModelReport, ResultRow
 from tests.conftest import REPO_ROOT
 
 
@@ -61,12 +60,24 @@ def test_findings_flag_models_that_have_not_learned_the_task():
 
 def test_strength_findings_rank_the_attacks_at_each_iteration_count():
     miou = {("PGD", 3): 0.30, ("EroSeg", 3): 0.20, ("PGD", 10): 0.10, ("EroSeg", 10): 0.15}
-    report = SimpleNamespace(
-        rows=[
-            {"kind": "iterations", "label": label, "steps": steps, "miou": value}
-            for (label, steps), value in miou.items()
-        ]
-        + [{"kind": "clean", "label": "clean", "steps": None, "miou": 0.8}]
+
+    def row(kind, label, steps, value):
+        return ResultRow(kind, label, label, 8 / 255, "8/255", value, value, (value,), (value,), steps=steps)
+
+    report = ModelReport(
+        name="standard.ckpt",
+        path=None,
+        sha256="0" * 64,
+        method="standard",
+        dataset="shapes",
+        class_names=("background",),
+        palette=((0, 0, 0),),
+        ignore_index=255,
+        image_names=("image",),
+        rows=(
+            *(row("iterations", label, steps, value) for (label, steps), value in miou.items()),
+            row("clean", "clean", None, 0.8),
+        ),
     )
     text = reproduce.strength_findings(report)
     assert "- 3 iteration(s), lowest mIoU first: EroSeg 20.0, PGD 30.0." in text

@@ -1,4 +1,9 @@
-"""Finding and safely loading the training checkpoints that evaluation turns into reports."""
+"""The checkpoint format that training writes and evaluation reads: where the config goes, safe loading.
+
+It sits below both (training and evaluation are siblings, and neither imports the other). A checkpoint is
+Lightning's dict plus the run's resolved config under :data:`CONFIG_KEY` and the format version under
+:data:`FORMAT_KEY`, all plain types, so it loads with ``torch.load(weights_only=True)``.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from eroseg_at.training.runner import CONFIG_KEY
-
+CONFIG_KEY = "eroseg_at_config"
+FORMAT_KEY = "eroseg_at_format"
+# 1: before the model group built through _target_ and the training-attack settings moved under
+# `adversarial` (checkpoints without FORMAT_KEY); 2: now.
+FORMAT_VERSION = 2
 MODEL_PREFIX = "model."
 
 
@@ -67,8 +75,27 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def upgrade_format_1(config: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 stored config in today's layout (only what evaluation reads from it changes).
+
+    Format 1 described SMP models by keys without ``_target_`` (built by a function of the old training
+    code) and kept the training attack's ``attack_steps`` and ``eps_warmup_epochs`` in ``schedule``.
+    """
+    config = {**config}
+    model = config.get("model")
+    if isinstance(model, dict) and "_target_" not in model:
+        config["model"] = {"_target_": "eroseg_at.models.build_model", **model}
+    schedule = dict(config.get("schedule") or {})
+    adversarial = dict(config.get("adversarial") or {})
+    for key in ("attack_steps", "eps_warmup_epochs"):
+        if key in schedule:
+            adversarial.setdefault(key, schedule.pop(key))
+    config["schedule"], config["adversarial"] = schedule, adversarial
+    return config
+
+
 def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
-    """Loads a checkpoint written by ``eroseg_at.training.runner.train`` without running pickled code.
+    """Loads a checkpoint written by ``train(cfg)`` (:mod:`eroseg_at.training`) without running pickled code.
 
     ``torch.load(weights_only=True)`` refuses any pickled object other than tensors and plain containers,
     so a tampered file cannot execute code here.
@@ -105,12 +132,20 @@ def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
             f"checkpoint {str(path)!r} has no training config under {CONFIG_KEY!r} "
             "(only checkpoints written by train.py of eroseg-at can be evaluated)"
         )
+    version = payload.get(FORMAT_KEY, 1)
+    if version not in (1, FORMAT_VERSION):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format {version!r}, which this version of eroseg-at does not know "
+            f"(it reads formats 1 and {FORMAT_VERSION}); evaluate it with the eroseg-at that wrote it"
+        )
+    if version == 1:
+        config = upgrade_format_1(config)
     model_state = {
         key[len(MODEL_PREFIX) :]: value for key, value in state.items() if key.startswith(MODEL_PREFIX)
     }
     if not model_state:
         raise CheckpointError(
-            f"checkpoint {str(path)!r}: 'state_dict' has no '{MODEL_PREFIX}*' weights of a SegmentationModel"
+            f"checkpoint {str(path)!r}: 'state_dict' has no '{MODEL_PREFIX}*' model weights"
         )
     return LoadedCheckpoint(
         path=path, sha256=file_sha256(path), config=OmegaConf.create(config), model_state=model_state
