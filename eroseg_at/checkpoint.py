@@ -37,7 +37,7 @@ class LoadedCheckpoint:
         path: The file.
         sha256: Hex SHA-256 of the file's bytes, so a report names exactly the weights it measured.
         config: The training run's resolved config (``conf/train.yaml`` as composed for that run).
-        model_state: The ``SegmentationModel`` weights (the ``model.`` prefix removed).
+        model_state: The model's weights (the ``model.`` prefix removed).
     """
 
     path: Path

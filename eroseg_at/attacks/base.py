@@ -155,6 +155,10 @@ class Attack:
             images: [B, 3, H, W] float; labels: [B, H, W] integer; output: like ``images`` (same dtype and
             device).
         """
+        return self._run(model, images, labels, self._perturb)
+
+    def _run(self, model: Callable, images: Tensor, labels: Tensor, perturb: Callable[..., Tensor]) -> Tensor:
+        """The contract of :meth:`__call__` around ``perturb(model, clean, labels, valid, model_dtype)``."""
         self._check_inputs(images, labels)
         with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
             # A fresh copy made outside inference mode is a normal tensor that can require grad even when the
@@ -162,7 +166,7 @@ class Attack:
             clean = images.detach().to(torch.float32, copy=True)
             labels = labels.detach().to(torch.int64, copy=True)
             valid = labels != self.ignore_index
-            adversarial = self._perturb(model, clean, labels, valid, images.dtype)
+            adversarial = perturb(model, clean, labels, valid, images.dtype)
         return in_dtype(adversarial, clean, images.dtype)
 
     def _check_inputs(self, images: Tensor, labels: Tensor) -> None:
@@ -207,7 +211,8 @@ class Attack:
             raise TypeError(
                 f"attack {self.name!r} needs decoder features: the model must have a method "
                 f"logits_and_features(x) -> (logits [B,C,H,W], features [B,D,h,w]); "
-                f"{type(model).__name__} has none (pass the unwrapped SegmentationModel, not a DDP wrapper)"
+                f"{type(model).__name__} has none (a model whose source exposes no decoder features, such as "
+                "LR-ASPP or a TorchScript module, cannot be attacked by it; and pass the model, not a DDP wrapper)"
             )
         logits, features = logits_and_features(x_model)
         return logits.float(), features.float()
@@ -371,12 +376,7 @@ class IterativeAttack(Attack):
         x = self._start(clean)
         best = None
         for step in range(self.steps):
-            x.requires_grad_(True)
-            logits, features = self._forward(model, x, clean, model_dtype)
-            # Softmax and losses in float32 even under autocast: low-precision probabilities saturate.
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                loss = self.objective(logits, features, labels, valid, step, state)
-            (gradient,) = torch.autograd.grad(loss.sum(), x)
+            gradient, logits = self._gradient(model, x, clean, labels, valid, step, state, model_dtype)
             with torch.no_grad():
                 x = x.detach()
                 if self.track_best:
@@ -393,3 +393,89 @@ class IterativeAttack(Attack):
             logits, _ = self._forward(model, x, clean, model_dtype)
             best.update(x, self._pixel_error(logits, labels, valid))
         return best.x
+
+    def _gradient(
+        self,
+        model: Callable,
+        x: Tensor,
+        clean: Tensor,
+        labels: Tensor,
+        valid: Tensor,
+        step: int | Tensor,
+        state: dict,
+        model_dtype: torch.dtype,
+    ) -> tuple[Tensor, Tensor]:
+        """The input gradient of the objective at ``x`` (``step``: one iteration index, or one per image),
+        and the float32 logits there."""
+        x.requires_grad_(True)
+        logits, features = self._forward(model, x, clean, model_dtype)
+        # Softmax and losses in float32 even under autocast: low-precision probabilities saturate.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if isinstance(step, int):
+                loss = self.objective(logits, features, labels, valid, step, state)
+            else:
+                # Each image ascends the objective of its own iteration; one forward pass serves them all.
+                loss = None
+                for index in step.unique().tolist():
+                    value = self.objective(logits, features, labels, valid, int(index), state)
+                    loss = value if loss is None else torch.where(step == index, value, loss)
+        (gradient,) = torch.autograd.grad(loss.sum(), x)
+        return gradient, logits
+
+    def step_from(
+        self,
+        model: Callable[[Tensor], Tensor],
+        images: Tensor,
+        labels: Tensor,
+        start: Tensor,
+        iterations: Tensor,
+        alpha: float | None = None,
+        radius: float | None = None,
+    ) -> Tensor:
+        """One iteration of the attack from ``start`` instead of from its own start.
+
+        For attacks amortised across calls (a perturbation kept per training image and continued at each visit,
+        or a single large step from wide noise): each image ascends the objective of its own 0-based iteration
+        ``iterations[b]`` (EroSeg's threshold τ_k grows with k), one forward and one input-gradient backward
+        pass in all, under the contract of :meth:`__call__` (eval mode, modes restored, input gradients only).
+
+        Args:
+            model, images, labels: As for :meth:`__call__`; ``images`` are the clean images, the ball's centre.
+            start: The iterate to step from, in [0, 1]; it is projected onto the ball first.
+            iterations: The iteration index of each image, integer, >= 0.
+            alpha: The step; default the attack's ``alpha``.
+            radius: The ball's radius; default ``eps``. For ℓ∞ a radius of 1 keeps the step inside [0, 1]
+                only (N-FGSM's unclipped step).
+
+        Shape:
+            images, start: [B, 3, H, W]; labels: [B, H, W]; iterations: [B]; output: like ``images``.
+        """
+        if not isinstance(start, Tensor) or start.shape != images.shape:
+            raise ValueError(
+                f"start must be a tensor shaped like images {tuple(images.shape)}, got "
+                f"{tuple(getattr(start, 'shape', ())) or type(start).__name__}"
+            )
+        if (
+            not isinstance(iterations, Tensor)
+            or iterations.shape != images.shape[:1]
+            or iterations.is_floating_point()
+            or (iterations < 0).any()
+        ):
+            raise ValueError(
+                f"iterations must be a non-negative integer tensor of shape [{images.shape[0]}], got {iterations!r}"
+            )
+        alpha = self.alpha if alpha is None else number(alpha, "alpha", minimum=0, exclusive_minimum=True)
+        radius = self.eps if radius is None else number(radius, "radius", minimum=0)
+
+        def perturb(model: Callable, clean: Tensor, labels: Tensor, valid: Tensor, model_dtype: torch.dtype):
+            state = self._init_state(model, clean, labels, valid, model_dtype)
+            ball = self._ball(clean, radius)
+            x = self._project(start.detach().to(torch.float32, copy=True).clamp_(0, 1), clean, ball)
+            gradient, _ = self._gradient(
+                model, x, clean, labels, valid, iterations.to(clean.device), state, model_dtype
+            )
+            with torch.no_grad():
+                x = x.detach().add_(self._direction(gradient), alpha=alpha)
+                return self._project(x, clean, ball)
+
+        return self._run(model, images, labels, perturb)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eroseg_at.models.wrapper import IMAGENET_MEAN, IMAGENET_STD
-
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # Keys under which libraries return the main logits in a dict: torchvision ("out", beside "aux"),
 # Hugging Face ModelOutput (a dict subclass whose "logits" is the field read as ``.logits``).
 LOGIT_KEYS = ("out", "logits")

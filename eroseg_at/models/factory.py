@@ -1,4 +1,4 @@
-"""Build a :class:`SegmentationModel` from any segmentation-models-pytorch architecture name and encoder.
+"""Build a segmentation-models-pytorch architecture by name, behind the model contract (:mod:`.adapter`).
 
 ``conf/model/*.yaml`` point their ``_target_`` here, so a new SMP architecture is a new YAML file.
 """
@@ -12,7 +12,8 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 
-from eroseg_at.models.wrapper import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
+from eroseg_at.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FeatureSegmentationAdapter, SourceInfo
+from eroseg_at.models.weights import check_keys, read_state_dict
 
 
 def available_models() -> list[str]:
@@ -23,37 +24,20 @@ def available_models() -> list[str]:
 def load_encoder_weights(network: torch.nn.Module, path: str | Path) -> None:
     """Load a local encoder state dict into ``network.encoder``.
 
-    Accepts a plain state dict or a dict holding one under ``state_dict``; an
-    ``encoder.`` prefix (as in a full SMP model's state dict) is stripped.
-    Loading never executes pickled code (``weights_only=True``).
+    Accepts what :func:`~eroseg_at.models.weights.read_state_dict` reads (a ``.pth``/``.pt``/``.bin`` file with
+    ``weights_only`` or a ``.safetensors`` file; a dict nesting it under ``state_dict`` or ``model``); an
+    ``encoder.`` prefix on every key (as in a full SMP model's state dict) is stripped.
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file is not a state dict, or its keys do not match the encoder.
+        ValueError: The file is not a state dict, or its keys do not match the encoder (listed).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.encoder_weights_path={path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a bad file
-        raise ValueError(f"cannot read encoder weights from {path}: {error}") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    if state and all(key.startswith("encoder.") for key in state):
+    state = read_state_dict(path)
+    if all(key.startswith("encoder.") for key in state):
         state = {key.removeprefix("encoder."): value for key, value in state.items()}
     # Compared by hand: some SMP encoders override load_state_dict and return nothing.
     expected_keys = set(network.encoder.state_dict())
-    missing, unexpected = expected_keys - set(state), set(state) - expected_keys
-    if missing or unexpected:
-        raise ValueError(
-            f"encoder weights in {path} do not match the encoder: "
-            f"missing keys {sorted(missing)[:20]}{' ...' if len(missing) > 20 else ''} "
-            f"({len(missing)} in all), unexpected keys {sorted(unexpected)[:20]}"
-            f"{' ...' if len(unexpected) > 20 else ''} ({len(unexpected)} in all)"
-        )
+    check_keys(expected_keys - set(state), set(state) - expected_keys, str(path), "the encoder")
     network.encoder.load_state_dict(state)
 
 
@@ -88,7 +72,7 @@ def build_model(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     architecture: Mapping[str, Any] | None = None,
-) -> SegmentationModel:
+) -> FeatureSegmentationAdapter:
     """Build a segmentation model.
 
     Args:
@@ -104,7 +88,8 @@ def build_model(
             ``encoder_output_stride: 16`` for DeepLabV3, ``decoder_channels``).
 
     Returns:
-        A :class:`SegmentationModel` taking images in [0, 1].
+        The model behind the contract: images in [0, 1], normalisation inside, decoder features from the
+        input of ``segmentation_head`` (the network runs its own ``forward``, DPT's included).
 
     Raises:
         ValueError: Unknown architecture (the message lists the valid names),
@@ -126,4 +111,7 @@ def build_model(
         load_encoder_weights(network, encoder_weights_path)
     drop_unused_encoder_stages(network.encoder, architecture.get("encoder_depth", 5))
     input_divisor = network.encoder.output_stride if network.requires_divisible_input_shape else 1
-    return SegmentationModel(network, num_classes, mean=mean, std=std, input_divisor=input_divisor)
+    source = SourceInfo("smp", f"{name}({encoder})", normalization="given")
+    return FeatureSegmentationAdapter(
+        network, num_classes, "segmentation_head", mean, std, input_divisor=input_divisor, source=source
+    )

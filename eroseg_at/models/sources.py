@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 from eroseg_at.models.adapter import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     FeatureSegmentationAdapter,
     SegmentationAdapter,
     SourceInfo,
@@ -42,7 +44,6 @@ from eroseg_at.models.adapter import (
     count_classes,
 )
 from eroseg_at.models.weights import check_keys, existing_path, load_weights, sha256_of
-from eroseg_at.models.wrapper import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGENET = "ImageNet"
 IDENTITY_MEAN = (0.0, 0.0, 0.0)

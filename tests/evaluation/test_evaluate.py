@@ -272,11 +272,14 @@ def test_attacks_see_every_image_at_its_own_size_never_padding(tmp_path, monkeyp
         )
     )
     seen = []
-    forward = FullResolutionModel.logits_and_features
+    forward = FullResolutionModel._full_resolution
     monkeypatch.setattr(
         FullResolutionModel,
-        "logits_and_features",
-        lambda self, images: (seen.append(tuple(images.shape[-2:])), forward(self, images))[1],
+        "_full_resolution",
+        lambda self, images, with_features: (
+            seen.append(tuple(images.shape[-2:])),
+            forward(self, images, with_features),
+        )[1],
     )
     report = evaluate(
         compose_evaluate_config(

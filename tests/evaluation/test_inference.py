@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from eroseg_at.attacks import build_attack
-from eroseg_at.evaluation.inference import FullResolutionModel, window_offsets
+from eroseg_at.evaluation.inference import FullResolutionModel, full_resolution, window_offsets
 
 
 class DivisibleModel(nn.Module):
-    """A stand-in ``SegmentationModel`` that needs H, W divisible by 8 and pools features by 4.
+    """A stand-in model with decoder features that needs H, W divisible by 8 and pools features by 4.
 
     With ``pool=1`` every output pixel depends on its input pixel only, so sliding windows must
     reproduce the whole-image logits exactly.
@@ -39,7 +39,7 @@ class DivisibleModel(nn.Module):
 
 def test_odd_sizes_are_padded_for_the_model_and_cropped_back():
     model = DivisibleModel()
-    wrapper = FullResolutionModel(model)
+    wrapper = full_resolution(model)
     images = torch.rand(2, 3, 19, 23)
     logits, features = wrapper.logits_and_features(images)
     assert logits.shape == (2, 3, 19, 23)
@@ -59,8 +59,8 @@ def test_reflect_padding_differs_from_zero_padding_only_near_the_border():
 def test_sliding_window_reproduces_a_pixelwise_model_exactly():
     model = DivisibleModel(pool=1)
     images = torch.rand(2, 3, 40, 24)
-    whole_logits, whole_features = FullResolutionModel(model).logits_and_features(images)
-    windowed = FullResolutionModel(model, window=[16, 16], stride=[8, 8])
+    whole_logits, whole_features = full_resolution(model).logits_and_features(images)
+    windowed = full_resolution(model, window=[16, 16], stride=[8, 8])
     logits, features = windowed.logits_and_features(images)
     assert torch.allclose(logits, whole_logits, atol=1e-6)
     assert torch.allclose(features, whole_features, atol=1e-6)
@@ -102,3 +102,23 @@ def test_bad_inference_settings_are_refused(kwargs, message):
 def test_impossible_reflect_padding_is_refused():
     with pytest.raises(ValueError, match="reflect padding of a 3x16 image"):
         FullResolutionModel(DivisibleModel(), pad_mode="reflect")(torch.rand(1, 3, 3, 16))
+
+
+class LogitsOnlyModel(DivisibleModel):
+    """The same model without ``logits_and_features``: no decoder features (LR-ASPP, TorchScript)."""
+
+    logits_and_features = None
+
+    def forward(self, images):
+        return DivisibleModel.logits_and_features(self, images)[0]
+
+
+def test_a_model_without_decoder_features_is_evaluated_through_its_forward():
+    images = torch.rand(2, 3, 19, 23)
+    wrapper = full_resolution(LogitsOnlyModel(), window=[16, 16])
+    assert getattr(wrapper, "logits_and_features", None) is None
+    expected = full_resolution(DivisibleModel(), window=[16, 16])(images)
+    assert torch.allclose(wrapper(images), expected)
+    labels = torch.randint(0, 3, (2, 19, 23))
+    with pytest.raises(TypeError, match="needs decoder features"):
+        build_attack("rppgd", steps=1)(wrapper, images, labels)

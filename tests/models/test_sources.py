@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 
 from eroseg_at.attacks import build_attack
 from eroseg_at.configs import compose_config
+from eroseg_at.models.adapter import IMAGENET_MEAN, IMAGENET_STD
 from eroseg_at.models.sources import (
     huggingface_model,
     preprocessor_normalization,
@@ -26,7 +27,6 @@ from eroseg_at.models.sources import (
     torchscript_model,
     torchvision_model,
 )
-from eroseg_at.models.wrapper import IMAGENET_MEAN, IMAGENET_STD
 from tests.models.conftest import (
     JIT_DEPRECATION,
     NUM_CLASSES,

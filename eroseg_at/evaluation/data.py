@@ -1,0 +1,102 @@
+"""What an evaluation needs of a dataset: batches of images, and the facts that attacks and reports use.
+
+``evaluate(cfg)`` builds it from the project's datamodule (:func:`from_datamodule`); the Python API takes it
+from any DataLoader the user has (:class:`EvaluationData` directly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from eroseg_at.attacks import DatasetFacts
+from eroseg_at.data import SegmentationDataModule
+from eroseg_at.data.datamodule import bit_palette
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """A dataset to evaluate on.
+
+    Attributes:
+        name: The dataset's name, for reports.
+        loader: Batches ``(images, labels)``: images ``[B, 3, H, W]`` float in [0, 1] at their own size (one size
+            per batch), labels ``[B, H, W]`` integer with ``ignore_index`` allowed. Iterated once per run.
+        num_classes: Classes of the labels (and of the model).
+        class_names: One name per class.
+        ignore_index: The label that never counts.
+        background_class: The class EroSeg weights ``1 − λ``; None where no class is background.
+        class_frequencies: Returns the ``[C]`` training-split pixel frequencies, for the dataset-weighted
+            class-balanced APGD loss; None where unknown (that loss then needs explicit ``class_weights``).
+        image_names: One name per image in loader order (file paths, generator seeds); None numbers them.
+        palette: ``[r, g, b]`` (0-255) per class for figures; None uses the VOC bit palette.
+    """
+
+    name: str
+    loader: Iterable[tuple[Tensor, Tensor]]
+    num_classes: int
+    class_names: Sequence[str]
+    ignore_index: int = 255
+    background_class: int | None = None
+    class_frequencies: Callable[[], Tensor] | None = None
+    image_names: Sequence[str] | None = None
+    palette: Sequence[Sequence[int]] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"dataset {self.name}: {len(self.class_names)} class names for num_classes={self.num_classes}"
+            )
+
+    def facts(self) -> DatasetFacts:
+        """What attacks take from this dataset (:meth:`~eroseg_at.attacks.base.Attack.dataset_arguments`)."""
+        return DatasetFacts(
+            self.ignore_index, self.background_class, self.class_frequencies or self._no_frequencies
+        )
+
+    def _no_frequencies(self) -> Tensor:
+        raise ValueError(
+            f"dataset {self.name} has no class frequencies, which APGD's mce_balanced loss with "
+            "class_weighting=dataset needs: give EvaluationData(class_frequencies=...), the loss's class_weights, "
+            "or class_weighting=image"
+        )
+
+    def image_name(self, index: int) -> str:
+        return f"image {index}" if self.image_names is None else self.image_names[index]
+
+    def colours(self) -> tuple[tuple[int, int, int], ...]:
+        palette = bit_palette(self.num_classes) if self.palette is None else self.palette
+        return tuple((int(r), int(g), int(b)) for r, g, b in palette)
+
+
+def from_datamodule(datamodule: SegmentationDataModule) -> EvaluationData:
+    """The datamodule's validation split at full resolution (one image size per batch, nothing padded).
+
+    Images are named in the loader's order, which groups them by size (see
+    :meth:`~eroseg_at.data.SegmentationDataModule.full_resolution_dataloader`).
+    """
+    loader = datamodule.full_resolution_dataloader()
+    source = datamodule.source("val")
+    order = [index for batch in loader.batch_sampler for index in batch]
+    return EvaluationData(
+        name=str(datamodule.name),
+        loader=loader,
+        num_classes=datamodule.num_classes,
+        class_names=tuple(datamodule.class_names),
+        ignore_index=datamodule.ignore_index,
+        background_class=datamodule.background_class,
+        class_frequencies=datamodule.class_frequencies,
+        image_names=[source.sample_name(index) for index in order],
+        palette=datamodule.palette,
+    )
+
+
+def batch_count(data: EvaluationData, max_batches: int | None) -> int | None:
+    """Batches one pass takes (None where the loader has no length), for progress totals."""
+    try:
+        total = len(data.loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    return total if max_batches is None else min(total, int(max_batches))
