@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from eroseg_at.data.class_frequencies import cached_class_frequencies
 from eroseg_at.data.errors import DatasetError
+from eroseg_at.data.geometry import SampleGeometry, collate_with_geometry
 from eroseg_at.data.source import SegmentationSource, to_tensors
 from eroseg_at.data.transforms import AugmentConfig, build_train_transform, build_val_transform
 
@@ -22,21 +23,32 @@ SourceSpec = SegmentationSource | Callable[[], SegmentationSource]
 class AugmentedDataset(Dataset):
     """Applies an albumentations pipeline to a source and returns tensors.
 
+    With ``geometry`` (the pipeline built with ``save_applied_params=True``) each sample also says where it
+    comes from and how it was moved (:class:`SampleGeometry`).
+
     Shape:
-        - ``dataset[i]``: image ``[3, H, W]`` float32 in [0, 1], mask ``[H, W]`` int64.
+        - ``dataset[i]``: image ``[3, H, W]`` float32 in [0, 1], mask ``[H, W]`` int64 (and a one-row
+          :class:`SampleGeometry` with ``geometry``).
     """
 
-    def __init__(self, source: SegmentationSource, transform: A.Compose) -> None:
+    def __init__(self, source: SegmentationSource, transform: A.Compose, geometry: bool = False) -> None:
         self.source = source
         self.transform = transform
+        self.geometry = geometry
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         image, mask = self.source.load(index)
         augmented = self.transform(image=image, mask=mask)
-        return to_tensors(augmented["image"], augmented["mask"])
+        tensors = to_tensors(augmented["image"], augmented["mask"])
+        if not self.geometry:
+            return tensors
+        return (
+            *tensors,
+            SampleGeometry.from_applied(index, image.shape[:2], augmented["applied_transforms"]),
+        )
 
 
 def reseed_worker_transform(worker_id: int) -> None:
@@ -143,6 +155,8 @@ class SegmentationDataModule(L.LightningDataModule):
             colours of label maps in figures.
         seed: seed of the augmentation pipeline.
         stats_cache_dir: directory of the class-frequency cache (``None``: user cache dir).
+        sample_geometry: training batches are ``(images, masks, SampleGeometry)``: each sample's index and how
+            the augmentation moved it, for state kept per training image (same augmentations either way).
     """
 
     def __init__(
@@ -164,6 +178,7 @@ class SegmentationDataModule(L.LightningDataModule):
         palette: Sequence[Sequence[int]] | None = None,
         seed: int = 0,
         stats_cache_dir: str | None = None,
+        sample_geometry: bool = False,
     ) -> None:
         super().__init__()
         if class_names is None:
@@ -210,6 +225,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.palette = palette
         self.seed = int(seed)
         self.stats_cache_dir = stats_cache_dir
+        self.sample_geometry = bool(sample_geometry)
         self._source_specs = {"train": train_source, "val": val_source}
         self._sources: dict[str, SegmentationSource] = {}
         self.train_set: AugmentedDataset | None = None
@@ -241,8 +257,10 @@ class SegmentationDataModule(L.LightningDataModule):
                     f"dataset {self.name}: {len(train_source)} training samples < batch_size={self.batch_size} "
                     "(training drops the last incomplete batch, so no batch would remain)"
                 )
-            transform = build_train_transform(self.crop_size, self.augment, self.ignore_index, self.seed)
-            self.train_set = AugmentedDataset(train_source, transform)
+            transform = build_train_transform(
+                self.crop_size, self.augment, self.ignore_index, self.seed, self.sample_geometry
+            )
+            self.train_set = AugmentedDataset(train_source, transform, geometry=self.sample_geometry)
         if self.val_set is None:
             transform = build_val_transform(self.augment, self.pad_divisor, self.ignore_index)
             self.val_set = AugmentedDataset(self.source("val"), transform)
@@ -256,7 +274,13 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=reseed_worker_transform if self.num_workers > 0 else None,
+            collate_fn=collate_with_geometry if self.sample_geometry else None,
         )
+
+    def train_sample_sizes(self) -> list[tuple[int, int]]:
+        """``(height, width)`` of every training image before augmentation, in index order."""
+        source = self.source("train")
+        return [tuple(source.sample_size(index)) for index in range(len(source))]
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(

@@ -51,7 +51,11 @@ class AugmentConfig:
 
 
 def build_train_transform(
-    crop_size: Sequence[int], augment: AugmentConfig, ignore_index: int, seed: int | None
+    crop_size: Sequence[int],
+    augment: AugmentConfig,
+    ignore_index: int,
+    seed: int | None,
+    save_applied_params: bool = False,
 ) -> A.Compose:
     """Random scale, crop (padded with image 0 / mask ``ignore_index``), flip, photometric jitter.
 
@@ -60,6 +64,8 @@ def build_train_transform(
         augment: augmentation settings.
         ignore_index: mask value written into padding, so padding never counts as a class.
         seed: pipeline seed (re-seeded per DataLoader worker by the datamodule).
+        save_applied_params: also return what each transform drew (``applied_transforms``), from which
+            :class:`~eroseg_at.data.geometry.SampleGeometry` is read; the draws themselves are the same.
     """
     crop_height, crop_width = crop_size
     low, high = augment.scale_range
@@ -91,7 +97,7 @@ def build_train_transform(
                 p=augment.jitter_p,
             )
         )
-    return A.Compose(steps, seed=seed)
+    return A.Compose(steps, seed=seed, save_applied_params=save_applied_params)
 
 
 def build_val_transform(augment: AugmentConfig, pad_divisor: int, ignore_index: int) -> A.Compose:
