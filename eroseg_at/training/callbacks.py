@@ -1,7 +1,9 @@
-"""Callbacks of the training run: config in checkpoints, per-class IoU table, W&B example panels."""
+"""Callbacks of the training run: config in checkpoints, per-class IoU table, W&B example panels, the guard
+against a collapse of robustness."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -9,6 +11,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from rich.console import Console
 from rich.table import Table
 
@@ -105,3 +108,82 @@ class WandbExamplePanels(Callback):
                 )
         for logger in loggers:
             logger.experiment.log({**panels, "epoch": trainer.current_epoch})
+
+
+class RobustCollapseGuard(Callback):
+    """Detects a sudden collapse of robust validation mIoU (single-step AT's catastrophic overfitting) and keeps
+    the last good checkpoint.
+
+    After each validation of an adversarially trained run, epoch e is a **collapse** when its robust mIoU
+    ``r_e`` (``monitor``) has fallen below ``(1 − max_drop)`` times the best robust mIoU so far ``r*`` while
+    clean mIoU ``c_e`` holds (at least ``(1 − max_drop)`` times the clean mIoU of the epoch of ``r*``): the
+    signature of catastrophic overfitting, as opposed to training that fails altogether. A best below
+    ``min_best`` arms nothing (early epochs are noise). Every epoch that is not a collapse is good and is saved
+    as ``<dirpath>/<filename>.ckpt``; a collapse is reported (a warning, ``val/robust_collapse`` = 1 in the
+    loggers and the run's metrics) and, with ``stop``, ends training.
+
+    Args:
+        monitor: The robust metric (``val/miou_pgd10``: PGD-10 at the training eps, robust validation's default).
+        clean: The clean metric.
+        max_drop: The relative drop that counts as a collapse, in (0, 1).
+        min_best: The best robust mIoU that arms the guard.
+        dirpath: Where the last good checkpoint goes; None: no checkpoint.
+        filename: Its name, without ``.ckpt``.
+        stop: End training at a collapse.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val/miou_pgd10",
+        clean: str = "val/miou_clean",
+        max_drop: float = 0.5,
+        min_best: float = 0.05,
+        dirpath: str | None = None,
+        filename: str = "last_good",
+        stop: bool = False,
+    ) -> None:
+        if not 0 < max_drop < 1:
+            raise ValueError(f"callbacks.collapse_guard.max_drop must lie in (0, 1), got {max_drop}")
+        self.monitor, self.clean = monitor, clean
+        self.max_drop, self.min_best = float(max_drop), float(min_best)
+        self.path = None if dirpath is None else Path(dirpath) / f"{filename}.ckpt"
+        self.stop = stop
+        self.best = self.best_clean = 0.0
+        self.collapses: list[int] = []
+
+    def is_collapse(self, robust: float, clean: float) -> bool:
+        """Whether an epoch with these scores is a collapse, given the best so far."""
+        keep = 1.0 - self.max_drop
+        return self.best >= self.min_best and robust < keep * self.best and clean >= keep * self.best_clean
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        if trainer.sanity_checking or pl_module.train_attack is None or self.monitor not in metrics:
+            return
+        robust, clean = float(metrics[self.monitor]), float(metrics[self.clean])
+        collapse = self.is_collapse(robust, clean)
+        # Every rank decides alike: the metrics were summed across ranks.
+        metrics["val/robust_collapse"] = torch.tensor(float(collapse))
+        for logger in trainer.loggers:
+            logger.log_metrics({"val/robust_collapse": float(collapse)}, step=trainer.global_step)
+        if collapse:
+            self.collapses.append(trainer.current_epoch)
+            rank_zero_warn(
+                f"robustness collapsed at epoch {trainer.current_epoch}: {self.monitor} {100 * robust:.1f} < "
+                f"{100 * (1 - self.max_drop):.0f}% of its best {100 * self.best:.1f} while {self.clean} holds at "
+                f"{100 * clean:.1f} (catastrophic overfitting); the last good checkpoint is {self.path}"
+                + ("; stopping" if self.stop else "")
+            )
+            trainer.should_stop = trainer.should_stop or self.stop
+            return
+        if robust > self.best:
+            self.best, self.best_clean = robust, clean
+        if self.path is not None:
+            trainer.save_checkpoint(self.path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_clean": self.best_clean, "collapses": list(self.collapses)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.best_clean = state_dict["best"], state_dict["best_clean"]
+        self.collapses = list(state_dict["collapses"])

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from eroseg_at.attacks import IterativeAttack
+from eroseg_at.data.geometry import SampleGeometry
 from eroseg_at.metrics import SegmentationMetrics, SegmentationScores
 from eroseg_at.predictions import predicted_classes
+from eroseg_at.training.amortised import (
+    AccumulatedPerturbations,
+    AccumulatedSettings,
+    SingleStepSettings,
+    single_step_adversarial,
+)
+from eroseg_at.training.perturbations import PerturbationStore
 
-AT_OBJECTIVES = ("clean_plus_adv", "half_adv")
+AT_MODES = ("multi_step", "accumulated", "single_step")
+AT_OBJECTIVES = ("clean_plus_adv", "half_adv", "adv_only")
+# The checkpoint entry that says where an accumulated run's perturbation store is (its files stay on disk).
+STORE_KEY = "perturbation_store"
 
 # What Hydra's partials of the ``schedule`` group become: the optimizer over the module's parameters, and
 # the LR schedule over that optimizer once the number of optimizer steps is known.
@@ -29,22 +43,36 @@ class AdversarialTraining:
     """How the training attack enters training (the ``adversarial`` config key).
 
     Attributes:
+        mode: How adversarial examples are made. ``multi_step``: ``attack_steps`` iterations of the training
+            attack per batch (EroSeg-AT). ``accumulated``: a perturbation kept per training image and
+            continued by ``accumulated.steps`` iterations at each visit. ``single_step``: one large step from
+            wide noise (N-FGSM; ``single_step``).
         objective: ``clean_plus_adv`` is EroSeg-AT's ``CE(x) + adv_weight * CE(x_adv)``
             over the whole batch; ``half_adv`` is SegPGD-AT's form, where the second
             half of each batch is replaced by its adversarial version and the plain
-            CE is taken over the mixed batch.
+            CE is taken over the mixed batch; ``adv_only`` is ``CE(x_adv)`` alone (PIR-AT's).
         adv_weight: Weight of the adversarial term in ``clean_plus_adv``.
-        attack_steps: Iterations of the training attack per batch; None keeps the attack's own ``steps``.
+        attack_steps: Iterations of the training attack per batch in ``multi_step``; None keeps the attack's
+            own ``steps``.
         eps_warmup_epochs: The training attack's eps ramps linearly from
             ``eps / N`` in epoch 0 to the full ``eps`` from epoch ``N - 1`` on; 0 disables.
+        accumulated: Settings of ``mode=accumulated``.
+        single_step: Settings of ``mode=single_step``.
     """
 
+    mode: str = "multi_step"
     objective: str = "clean_plus_adv"
     adv_weight: float = 1.0
     attack_steps: int | None = None
     eps_warmup_epochs: int = 0
+    accumulated: AccumulatedSettings = field(default_factory=AccumulatedSettings)
+    single_step: SingleStepSettings = field(default_factory=SingleStepSettings)
 
     def __post_init__(self) -> None:
+        if self.mode not in AT_MODES:
+            raise ValueError(
+                f"unknown adversarial mode {self.mode!r}; expected one of {', '.join(AT_MODES)} (adversarial.mode)"
+            )
         if self.objective not in AT_OBJECTIVES:
             raise ValueError(
                 f"unknown adversarial objective {self.objective!r}; expected one of {', '.join(AT_OBJECTIVES)} "
@@ -140,6 +168,22 @@ class SegmentationModule(L.LightningModule):
         self.validation = validation or ValidationConfig()
         self.validation_attacks = dict(self.validation.attacks or {})
         self._train_attack_eps = float(train_attack.eps) if train_attack is not None else None
+        if train_attack is not None and self.adversarial.mode != "multi_step":
+            if not isinstance(train_attack, IterativeAttack):
+                raise ValueError(
+                    f"adversarial.mode={self.adversarial.mode} continues the training attack step by step, which "
+                    f"needs an attack on the shared PGD loop (pgd, segpgd, cospgd, rppgd, cw, eroseg); "
+                    f"{type(train_attack).__name__} is not one"
+                )
+            if self.adversarial.mode == "single_step" and not self.adversarial.single_step.clip:
+                if train_attack.norm != "linf":
+                    raise ValueError(
+                        "adversarial.single_step.clip=false (N-FGSM) is defined for attack.norm=linf; "
+                        f"got {train_attack.norm}: set adversarial.single_step.clip=true"
+                    )
+        # Built in setup(), where the training split's image sizes are known.
+        self.accumulated: AccumulatedPerturbations | None = None
+        self._store_to_restore: Mapping[str, Any] | None = None
         make_metrics = partial(SegmentationMetrics, num_classes=num_classes, ignore_index=ignore_index)
         self.val_metrics = nn.ModuleDict({"clean": make_metrics()})
         for name in self.validation_attacks:
@@ -174,20 +218,103 @@ class SegmentationModule(L.LightningModule):
             self.train_attack.eps = self.train_attack_eps(self.current_epoch)
             self.log("train/attack_eps", self.train_attack.eps, on_step=False, on_epoch=True)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, labels = batch
+    # ------------------------------------------------- the accumulated mode's store
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.train_attack is None or self.adversarial.mode != "accumulated":
+            return
+        settings = self.adversarial.accumulated
+        if settings.directory is None:
+            raise ValueError(
+                "adversarial.mode=accumulated needs adversarial.accumulated.directory (a folder)"
+            )
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not getattr(datamodule, "sample_geometry", False):
+            raise ValueError(
+                "adversarial.mode=accumulated needs training batches with their SampleGeometry: a "
+                "SegmentationDataModule built with sample_geometry=True (train(cfg) builds it so)"
+            )
+        sizes = datamodule.train_sample_sizes()
+        # Rank 0 writes the files; the others map the same ones (one store shared by every rank).
+        if self.trainer.is_global_zero:
+            PerturbationStore(settings.directory, sizes, self._train_attack_eps, create=True)
+        self.trainer.strategy.barrier()
+        store = PerturbationStore(settings.directory, sizes, self._train_attack_eps, create=False)
+        self.accumulated = AccumulatedPerturbations(settings, self.train_attack, store)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.accumulated is not None:
+            self.accumulated.store.flush()
+            checkpoint[STORE_KEY] = {
+                "directory": str(self.accumulated.store.directory.resolve()),
+                "layout": self.accumulated.store.layout,
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._store_to_restore = checkpoint.get(STORE_KEY)
+
+    def on_train_start(self) -> None:
+        """Resuming an accumulated run: the store continues from the checkpointed run's files where they
+        still exist with the same layout (copied into this run's directory), else it starts empty.
+
+        Here rather than in ``on_load_checkpoint``: every strategy has restored the checkpoint by now, and the
+        ranks can wait for rank 0's copy."""
+        saved, self._store_to_restore = self._store_to_restore, None
+        if self.accumulated is None or saved is None:
+            return
+        store = self.accumulated.store
+        directory = Path(saved["directory"])
+        usable = (directory / "layout.json").is_file() and saved["layout"] == store.layout
+        if self.trainer.is_global_zero:
+            if usable:
+                store.copy_from(directory)
+            else:
+                rank_zero_warn(
+                    f"the perturbation store of the checkpointed run ({directory}) is gone or holds another "
+                    f"layout: the store was rebuilt empty in {store.directory} (every image restarts)"
+                )
+        self.trainer.strategy.barrier()
+
+    # ----------------------------------------------------------------- training step
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        images, labels, *rest = batch
+        geometry = rest[0] if rest else None
         if self.train_attack is None:
             loss = self.loss(self.model(images), labels)
             self.log("train/loss", loss, prog_bar=True)
         elif self.adversarial.objective == "clean_plus_adv":
-            loss = self._clean_plus_adv_step(images, labels)
+            loss = self._clean_plus_adv_step(images, labels, geometry)
+        elif self.adversarial.objective == "half_adv":
+            loss = self._half_adv_step(images, labels, geometry)
         else:
-            loss = self._half_adv_step(images, labels)
+            loss = self._adv_only_step(images, labels, geometry)
         self._stop_on_non_finite(loss, batch_idx)
         return loss
 
-    def _clean_plus_adv_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        adv_images = self.train_attack(self.model, images, labels)
+    def adversarial_images(
+        self, images: torch.Tensor, labels: torch.Tensor, geometry: SampleGeometry | None
+    ) -> torch.Tensor:
+        """The training attack's adversarial images for a batch, made as ``adversarial.mode`` says."""
+        mode = self.adversarial.mode
+        if mode == "multi_step":
+            return self.train_attack(self.model, images, labels)
+        if mode == "single_step":
+            return single_step_adversarial(
+                self.train_attack, self.adversarial.single_step, self.model, images, labels
+            )
+        if geometry is None:
+            raise ValueError(
+                "adversarial.mode=accumulated got a batch without its SampleGeometry (images, labels, geometry)"
+            )
+        adv_images, visit = self.accumulated.adversarial(
+            self.model, images, labels, geometry, self.current_epoch
+        )
+        self.log_dict({"train/restarted": visit.restarted, "train/attack_iteration": visit.mean_iteration})
+        return adv_images
+
+    def _clean_plus_adv_step(
+        self, images: torch.Tensor, labels: torch.Tensor, geometry: SampleGeometry | None
+    ) -> torch.Tensor:
+        adv_images = self.adversarial_images(images, labels, geometry)
         # One forward over clean and adversarial images together: half the kernel launches
         # of two forwards, and BatchNorm sees the same mixed batch as in the paper's objective.
         logits = self.model(torch.cat([images, adv_images]))
@@ -208,9 +335,14 @@ class SegmentationModule(L.LightningModule):
         self.log("loss", loss, prog_bar=True, logger=False)
         return loss
 
-    def _half_adv_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _half_adv_step(
+        self, images: torch.Tensor, labels: torch.Tensor, geometry: SampleGeometry | None
+    ) -> torch.Tensor:
         half = images.shape[0] // 2
-        adv_images = self.train_attack(self.model, images[half:], labels[half:])
+        second = slice(half, None)
+        adv_images = self.adversarial_images(
+            images[second], labels[second], None if geometry is None else geometry.select(second)
+        )
         logits = self.model(torch.cat([images[:half], adv_images]))
         loss = self.loss(logits, labels)
         adv_logits, adv_labels = logits[half:], labels[half:]
@@ -222,6 +354,22 @@ class SegmentationModule(L.LightningModule):
                 "train/adv_error_rate": self.valid_fraction(
                     predicted_classes(adv_logits) != adv_labels, adv_labels
                 ),
+            }
+        )
+        self.log("loss", loss, prog_bar=True, logger=False)
+        return loss
+
+    def _adv_only_step(
+        self, images: torch.Tensor, labels: torch.Tensor, geometry: SampleGeometry | None
+    ) -> torch.Tensor:
+        adv_images = self.adversarial_images(images, labels, geometry)
+        adv_logits = self.model(adv_images)
+        loss = self.loss(adv_logits, labels)
+        self.log_dict(
+            {
+                "train/loss": loss,
+                "train/loss_adv": loss,
+                "train/adv_error_rate": self.valid_fraction(predicted_classes(adv_logits) != labels, labels),
             }
         )
         self.log("loss", loss, prog_bar=True, logger=False)

@@ -76,8 +76,26 @@ def build_train_attack(cfg: DictConfig, adversarial: AdversarialTraining) -> Any
     return instantiate(cfg.attack, **overrides)
 
 
+def build_adversarial(cfg: DictConfig) -> AdversarialTraining:
+    """The ``adversarial`` node, refusing an amortised mode without a training attack to amortise."""
+    adversarial = build(cfg.adversarial)
+    if adversarial.mode != "multi_step" and not has_target(cfg.attack):
+        raise ValueError(
+            f"adversarial.mode={adversarial.mode} needs a training attack (attack=eroseg, attack=pgd, ...); "
+            "attack=none is standard training"
+        )
+    return adversarial
+
+
+def build_datamodule(cfg: DictConfig) -> Any:
+    """The ``dataset`` node; batches carry each sample's geometry when the accumulated mode needs it."""
+    if has_target(cfg.attack) and build_adversarial(cfg).mode == "accumulated":
+        return build(cfg.dataset, sample_geometry=True)
+    return build(cfg.dataset)
+
+
 def build_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> SegmentationModule:
-    adversarial = instantiate(cfg.adversarial)
+    adversarial = build_adversarial(cfg)
     # _convert_="all": plain lists in the optimizer's settings (betas), so its state saves in a checkpoint
     # that loads with weights_only=True.
     return SegmentationModule(
@@ -125,7 +143,7 @@ def train(cfg: DictConfig) -> TrainResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = build(cfg.dataset)
+    datamodule = build_datamodule(cfg)
     model = build(cfg.model)
     check_setup(cfg, model, datamodule)
     module = build_module(cfg, model, datamodule)

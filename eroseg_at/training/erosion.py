@@ -1,0 +1,268 @@
+"""A picture of the erosion: how EroSeg's sensitive set and perturbation spread from uncertain pixels inward.
+
+For a few training images (un-augmented, the first of the split), after every training epoch:
+
+- multi-step: the perturbation ``δ_t`` after t iterations of the training attack from a seeded random start,
+  and the sensitive set ``S_t`` iteration t attacks (threshold ``τ_t``), t = 0..T;
+- accumulated mode: the image's stored perturbation after this epoch's visit, and the set the next visit
+  attacks (the threshold at the image's own iteration count).
+
+The :class:`ErosionRecorder` callback saves one :class:`ErosionRecord` per epoch (``erosion/epochNNN.pt``) and
+logs them as W&B panels; :func:`erosion_figure` draws the records of a run as the PNG of the docs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor
+
+from eroseg_at.attacks import EroSeg
+from eroseg_at.attacks.base import eval_mode
+from eroseg_at.attacks.eroseg import eroseg_sensitive_set, eroseg_threshold
+from eroseg_at.training.perturbations import STEPS
+from eroseg_at.visualization import mosaic, perturbation_magnitude, sensitive_overlay
+
+
+@dataclass(frozen=True)
+class ErosionRecord:
+    """The erosion of K training images after one epoch.
+
+    Shape:
+        images: [K, 3, H, W]; labels: [K, H, W]; deltas: [T + 1, K, 3, H, W] (δ_0 is the random start);
+        sensitive: [T, K, H, W] bool; taus: T thresholds; stored, stored_sensitive, stored_iteration (accumulated
+        mode, else None): [K, 3, H, W], [K, H, W], [K].
+    """
+
+    epoch: int
+    eps: float
+    ignore_index: int
+    indices: list[int]
+    images: Tensor
+    labels: Tensor
+    taus: list[float]
+    deltas: Tensor
+    sensitive: Tensor
+    stored: Tensor | None = None
+    stored_sensitive: Tensor | None = None
+    stored_iteration: Tensor | None = None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(asdict(self), path)
+
+    @classmethod
+    def load(cls, path: Path | str) -> ErosionRecord:
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+
+
+def record_erosion(
+    model: torch.nn.Module,
+    attack: EroSeg,
+    images: Tensor,
+    labels: Tensor,
+    indices: Sequence[int],
+    epoch: int,
+    iterations: int,
+    stored: Tensor | None = None,
+    stored_iteration: Tensor | None = None,
+) -> ErosionRecord:
+    """Runs ``iterations`` steps of ``attack`` on ``images`` from a fixed random start, keeping every iterate and
+    sensitive set (and the sensitive set at the ``stored`` perturbations, when given)."""
+    valid = labels != attack.ignore_index
+    generator = torch.Generator().manual_seed(0)
+    noise = (torch.rand(images.shape, generator=generator) * 2 - 1).to(images.device) * attack.eps
+    x = (images + noise).clamp(0, 1) if attack.random_start else images.clone()
+
+    def sensitive_at(point: Tensor, step: int | Tensor) -> Tensor:
+        with eval_mode(model), torch.no_grad():
+            logits = model(point).float()
+        if isinstance(step, int):
+            tau = eroseg_threshold(step, attack.tau0, attack.beta, attack.schedule_offset)
+        else:
+            tau = torch.tensor(
+                [eroseg_threshold(int(k), attack.tau0, attack.beta, attack.schedule_offset) for k in step],
+                device=point.device,
+            ).view(-1, 1, 1)
+        return eroseg_sensitive_set(logits, labels, valid, tau)
+
+    deltas, sets, taus = [x - images], [], []
+    for step in range(iterations):
+        sets.append(sensitive_at(x, step))
+        taus.append(eroseg_threshold(step, attack.tau0, attack.beta, attack.schedule_offset))
+        x = attack.step_from(model, images, labels, x, torch.full((len(images),), step, device=images.device))
+        deltas.append(x - images)
+    stored_sensitive = None
+    if stored is not None:
+        stored_sensitive = sensitive_at((images + stored).clamp(0, 1), stored_iteration).cpu()
+    return ErosionRecord(
+        epoch=epoch,
+        eps=float(attack.eps),
+        ignore_index=attack.ignore_index,
+        indices=list(indices),
+        images=images.cpu(),
+        labels=labels.cpu(),
+        taus=taus,
+        deltas=torch.stack(deltas).cpu(),
+        sensitive=torch.stack(sets).cpu(),
+        stored=None if stored is None else stored.cpu(),
+        stored_sensitive=stored_sensitive,
+        stored_iteration=None if stored_iteration is None else stored_iteration.cpu(),
+    )
+
+
+class ErosionRecorder(Callback):
+    """After every training epoch of an EroSeg-trained run (rank 0), records the erosion of the first
+    ``images`` training images (:func:`record_erosion`), saves it to ``<dirpath>/epochNNN.pt`` and logs W&B
+    panels ``train/erosion_multi_step`` (per image: sensitive sets over what the steps added to the start, one
+    column per iteration) and, in the accumulated mode, ``train/erosion_accumulated`` (the stored perturbation and the set
+    the next visit attacks). Images must all have one size (the stored ones are in image coordinates).
+
+    Args:
+        images: How many training images to follow.
+        iterations: Iterations of the multi-step picture (more than the training attack's, to see it spread).
+        dirpath: Where the records go; None keeps none.
+    """
+
+    def __init__(self, images: int = 4, iterations: int = 7, dirpath: str | None = None) -> None:
+        self.count, self.iterations = int(images), int(iterations)
+        self.dirpath = None if dirpath is None else Path(dirpath)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        attack = pl_module.train_attack
+        if not trainer.is_global_zero or not isinstance(attack, EroSeg) or self.count < 1:
+            return
+        source = trainer.datamodule.source("train")
+        indices = list(range(min(self.count, len(source))))
+        samples = [source[i] for i in indices]
+        images = torch.stack([image for image, _ in samples]).to(pl_module.device)
+        labels = torch.stack([label for _, label in samples]).to(pl_module.device)
+        stored = stored_iteration = None
+        if pl_module.accumulated is not None:
+            store = pl_module.accumulated.store
+            stored = torch.stack(store.read(indices, attack.eps)).to(pl_module.device)
+            stored_iteration = torch.from_numpy(np.array(store.counters[indices, STEPS]))
+        record = record_erosion(
+            pl_module.model, attack, images, labels, indices, trainer.current_epoch, self.iterations,
+            stored, stored_iteration,
+        )  # fmt: skip
+        if self.dirpath is not None:
+            record.save(self.dirpath / f"epoch{trainer.current_epoch:03d}.pt")
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if loggers:
+            import wandb
+
+            panels = {
+                key: [wandb.Image(picture) for picture in pictures]
+                for key, pictures in panels_of(record).items()
+            }
+            for logger in loggers:
+                logger.experiment.log({**panels, "epoch": trainer.current_epoch})
+
+
+def panels_of(record: ErosionRecord) -> dict[str, list[np.ndarray]]:
+    """The W&B pictures of a record, one per image: uint8 ``[H', W', 3]`` mosaics."""
+
+    def as_uint8(picture: np.ndarray) -> np.ndarray:
+        return (picture * 255).round().astype(np.uint8)
+
+    panels: dict[str, list[np.ndarray]] = {"train/erosion_multi_step": []}
+    for k in range(len(record.indices)):
+        overlays = [sensitive_overlay(record.images[k], s[k]) for s in record.sensitive]
+        magnitudes = [
+            perturbation_magnitude(d[k] - record.deltas[0, k], record.eps) for d in record.deltas[1:]
+        ]
+        panels["train/erosion_multi_step"].append(as_uint8(mosaic([overlays, magnitudes])))
+        if record.stored is not None:
+            panels.setdefault("train/erosion_accumulated", []).append(
+                as_uint8(
+                    mosaic(
+                        [
+                            [sensitive_overlay(record.images[k], record.stored_sensitive[k])],
+                            [perturbation_magnitude(record.stored[k], record.eps)],
+                        ]
+                    )
+                )
+            )
+    return panels
+
+
+def erosion_figure(
+    multi_step: ErosionRecord, accumulated: Sequence[ErosionRecord], path: Path, images: int = 2
+) -> Path:
+    """The docs' picture: for ``images`` training images, the multi-step iterations of ``multi_step`` (a
+    record of a multi-step run) and the successive visits (epochs) of ``accumulated`` (records of an accumulated
+    run): sensitive sets in red over the dimmed image; in grey, what the steps added to the random start,
+    |δ_t − δ_0|/eps (a sign step leaves pixels without gradient, outside every S so far, unchanged), and the
+    stored perturbation |δ|/eps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iterations = len(multi_step.taus)
+    columns = max(iterations, len(accumulated))
+    figure, axes = plt.subplots(
+        4 * images, columns, figsize=(1.3 * columns, 1.45 * 4 * images), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for k in range(images):
+        top = 4 * k
+        for t in range(iterations):
+            axes[top, t].imshow(sensitive_overlay(multi_step.images[k], multi_step.sensitive[t, k]))
+            axes[top, t].set_title(f"S_{t} (τ={multi_step.taus[t]:.3f})", fontsize=6)
+            added = multi_step.deltas[t + 1, k] - multi_step.deltas[0, k]
+            axes[top + 1, t].imshow(perturbation_magnitude(added, multi_step.eps))
+            axes[top + 1, t].set_title(f"|δ−δ0| after step {t + 1}", fontsize=6)
+        for v, record in enumerate(accumulated):
+            axes[top + 2, v].imshow(sensitive_overlay(record.images[k], record.stored_sensitive[k]))
+            axes[top + 2, v].set_title(
+                f"visit {record.epoch + 1}: next S_{int(record.stored_iteration[k])}", fontsize=6
+            )
+            axes[top + 3, v].imshow(perturbation_magnitude(record.stored[k], record.eps))
+            axes[top + 3, v].set_title(f"stored |δ| after visit {record.epoch + 1}", fontsize=6)
+    figure.suptitle(
+        f"Erosion on training images {list(multi_step.indices[:images])}: rows 1-2 per image, multi-step EroSeg "
+        f"(epoch {multi_step.epoch + 1} model); rows 3-4, accumulated mode over visits (red: sensitive set; grey: |δ|/eps, white = eps)",
+        fontsize=7,
+    )
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+    return path
+
+
+def load_records(directory: Path | str) -> list[ErosionRecord]:
+    """A run's records in epoch order (``<run>/erosion/epochNNN.pt``)."""
+    return [ErosionRecord.load(path) for path in sorted(Path(directory).glob("epoch*.pt"))]
+
+
+def describe(record: ErosionRecord) -> dict[str, list[float]]:
+    """The numbers behind the picture: per multi-step iteration, the share of valid pixels in the sensitive set
+    and the mean of what the steps so far added to the random start, |δ_t − δ_0|/eps; in the accumulated mode,
+    the sensitive share and mean |δ|/eps of the stored perturbation."""
+    valid = record.labels != record.ignore_index
+
+    def share(sensitive: Tensor) -> float:
+        return (sensitive & valid).sum().item() / valid.sum().clamp_min(1).item()
+
+    def magnitude(delta: Tensor) -> float:
+        return (delta.abs().amax(-3) / record.eps).mean().item()
+
+    numbers = {
+        "sensitive_share": [share(s) for s in record.sensitive],
+        "mean_added": [magnitude(d - record.deltas[0]) for d in record.deltas[1:]],
+    }
+    if record.stored is not None:
+        numbers["stored_sensitive_share"] = [share(record.stored_sensitive)]
+        numbers["stored_mean_magnitude"] = [magnitude(record.stored)]
+    return numbers
