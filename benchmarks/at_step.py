@@ -13,6 +13,11 @@ the images trained on: M = B, N = 2B for ``clean_plus_adv`` (EroSeg-AT's CE(x) +
 one forward over the clean and adversarial batch), and M = B/2, N = B for ``half_adv``
 (SegPGD-AT, which attacks half of each batch).
 
+A second table times whole updates of the training modes (``adversarial.mode`` × ``adversarial.objective``) on
+one real ``shapes`` batch of B augmented images with their sample geometry, each as the real
+``training_step`` + backward + optimizer step, as ratios to the update of standard training, in the same
+interleaved rounds (``--modes`` picks the rows).
+
 Usage:
     python benchmarks/at_step.py                          # the default model, 8x3x128x128, EroSeg, K=3, CPU
     python benchmarks/at_step.py --steps 7 --attack pgd
@@ -22,20 +27,39 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from eroseg_at.attacks import available_attacks, build_attack
-from eroseg_at.configs import compose_config
+from eroseg_at.configs import build, compose_config
+from eroseg_at.training.amortised import AccumulatedPerturbations
 from eroseg_at.training.module import AdversarialTraining, SegmentationModule
+from eroseg_at.training.perturbations import PerturbationStore
+from eroseg_at.training.runner import build_module
 
 IGNORE_INDEX = 255
+# Rows of the update-cost table: name -> (adversarial.mode, adversarial.objective); "clean" is standard training.
+UPDATES = {
+    "clean": (None, None),
+    "multi_step/clean_plus_adv": ("multi_step", "clean_plus_adv"),
+    "multi_step/adv_only": ("multi_step", "adv_only"),
+    "accumulated/clean_plus_adv": ("accumulated", "clean_plus_adv"),
+    "accumulated/adv_only": ("accumulated", "adv_only"),
+    "accumulated/half_adv": ("accumulated", "half_adv"),
+    "single_step/clean_plus_adv": ("single_step", "clean_plus_adv"),
+    "single_step/adv_only": ("single_step", "adv_only"),
+    "single_step/half_adv": ("single_step", "half_adv"),
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,6 +74,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="attack iterations K")
     parser.add_argument("--attack", default="eroseg", choices=available_attacks())
     parser.add_argument("--objectives", nargs="+", default=["clean_plus_adv", "half_adv"])
+    parser.add_argument(
+        "--modes",
+        nargs="*",
+        default=list(UPDATES),
+        choices=list(UPDATES),
+        help="rows of the update-cost table (mode/objective); none: skip it",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
@@ -68,6 +99,46 @@ def model_config(args: argparse.Namespace):
     if args.encoder is not None:
         overrides.append(f"model.encoder={args.encoder}")
     return compose_config("train", overrides)
+
+
+def update_modules(args: argparse.Namespace, model: torch.nn.Module, store_dir: Path) -> tuple[dict, tuple]:
+    """One module per row of the update-cost table, over ``model``, and one augmented shapes batch
+    ``(images, labels, geometry)`` (the main job's training data at ``--batch`` and ``--size``)."""
+    base = [
+        "experiment=shapes_eroseg_at",
+        f"model={args.model}",
+        f"model.num_classes={args.num_classes}",
+        f"adversarial.attack_steps={args.steps}",
+        f"dataset.batch_size={args.batch}",
+        f"dataset.train_source.image_size=[{args.size},{args.size}]",
+        f"dataset.crop_size=[{args.size},{args.size}]",
+        f"paths.output_dir={store_dir}",
+    ]
+    cfg = compose_config("train", base)
+    datamodule = build(cfg.dataset, sample_geometry=True)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    modules = {}
+    for name in args.modes:
+        mode, objective = UPDATES[name]
+        extra = (
+            ["attack=none"]
+            if mode is None
+            else [f"adversarial.mode={mode}", f"adversarial.objective={objective}"]
+        )
+        module = build_module(compose_config("train", [*base, *extra]), model, datamodule)
+        if mode == "accumulated":
+            store = PerturbationStore(
+                store_dir / name.replace("/", "_"),
+                datamodule.train_sample_sizes(),
+                module.train_attack.eps,
+                create=True,
+            )
+            module.accumulated = AccumulatedPerturbations(
+                module.adversarial.accumulated, module.train_attack, store
+            )
+        modules[name] = module
+    return modules, batch
 
 
 def synchronize(device: torch.device) -> None:
@@ -126,12 +197,25 @@ def main() -> None:
 
         return step
 
+    store_dir = Path(tempfile.mkdtemp(prefix="at_step_"))
+    updates, batch = update_modules(args, model, store_dir) if args.modes else ({}, None)
+    batch = None if batch is None else move_data_to_device(batch, device)
+
+    def update(module: SegmentationModule) -> Callable[[], None]:
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            module.training_step(batch, 0).backward()
+            optimizer.step()
+
+        return step
+
     entries: dict[str, Callable[[], None]] = {
         "attack iteration (B)": attack_iteration(args.batch),
         "attack iteration (B/2)": attack_iteration(args.batch // 2),
         "clean step (B)": clean_step(args.batch),
         "clean step (2B)": clean_step(2 * args.batch),
         **{f"AT step {objective}": at_step(module) for objective, module in modules.items()},
+        **{f"update {name}": update(module) for name, module in updates.items()},
     }
     model.train()
     times: dict[str, list[float]] = {name: [] for name in entries}
@@ -172,6 +256,21 @@ def main() -> None:
             f"| {objective} | {1000 * at:.1f} | {1000 * floor:.1f} (K x {attacked} + {trained}) | {at / floor:.3f} | "
             f"{at / median['clean step (B)']:.2f} |"
         )
+    shutil.rmtree(store_dir, ignore_errors=True)
+    if not updates:
+        return
+    attack_steps = {"multi_step": args.steps, "accumulated": 1, "single_step": 1}
+    print(
+        f"\nWhole updates on one augmented shapes batch (B={args.batch}, {args.size}x{args.size}), ratio to the "
+        "update of standard training (clean):"
+    )
+    print("\n| mode / objective | attack iterations | update (ms) | / clean |")
+    print("|---|---:|---:|---:|")
+    clean = median.get("update clean")
+    for name in updates:
+        mode = UPDATES[name][0]
+        ratio = f"{median[f'update {name}'] / clean:.2f}" if clean else "n/a"
+        print(f"| {name} | {attack_steps.get(mode, 0)} | {1000 * median[f'update {name}']:.1f} | {ratio} |")
 
 
 if __name__ == "__main__":
