@@ -19,7 +19,7 @@ from eroseg_at.training.amortised import (
     single_step_adversarial,
 )
 from eroseg_at.training.callbacks import RobustCollapseGuard
-from eroseg_at.training.erosion import ErosionRecord, erosion_figure, load_records, panels_of
+from eroseg_at.training.erosion import ErosionRecord, common_window, erosion_figure, load_records, panels_of
 from eroseg_at.training.module import AdversarialTraining
 from eroseg_at.training.perturbations import LAST_EPOCH, STEPS, VISITS, PerturbationStore
 from eroseg_at.training.runner import train
@@ -380,3 +380,13 @@ def test_erosion_records_show_the_sensitive_set_grow_and_draw_the_figure(tiny_tr
     path = erosion_figure(record, records, tmp_path / "erosion.png")
     assert path.stat().st_size > 10_000
     assert isinstance(ErosionRecord.load(result.output_dir / "erosion" / "epoch000.pt"), ErosionRecord)
+
+
+def test_images_of_different_sizes_share_one_centred_window_the_model_takes():
+    # VOC-like sizes: the smallest height and width, at most max_size, a multiple of the model's divisor.
+    assert common_window([(375, 500), (333, 500), (500, 353)], max_size=128, divisor=32) == (
+        slice(102, 230),
+        slice(112, 240),
+    )
+    assert common_window([(64, 64)] * 4, max_size=128, divisor=32) == (slice(0, 64), slice(0, 64))
+    assert common_window([(40, 50)], max_size=128, divisor=16) == (slice(4, 36), slice(1, 49))

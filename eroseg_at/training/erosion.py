@@ -122,17 +122,21 @@ class ErosionRecorder(Callback):
     """After every training epoch of an EroSeg-trained run (rank 0), records the erosion of the first
     ``images`` training images (:func:`record_erosion`), saves it to ``<dirpath>/epochNNN.pt`` and logs W&B
     panels ``train/erosion_multi_step`` (per image: sensitive sets over what the steps added to the start, one
-    column per iteration) and, in the accumulated mode, ``train/erosion_accumulated`` (the stored perturbation and the set
-    the next visit attacks). Images must all have one size (the stored ones are in image coordinates).
+    column per iteration) and, in the accumulated mode, ``train/erosion_accumulated`` (the stored perturbation and
+    the set the next visit attacks). Images of different or large sizes are cut to one window
+    (:func:`common_window`), the same for images, labels and stored perturbations (image coordinates).
 
     Args:
         images: How many training images to follow.
         iterations: Iterations of the multi-step picture (more than the training attack's, to see it spread).
         dirpath: Where the records go; None keeps none.
+        max_size: The longest side of the window the pictures show.
     """
 
-    def __init__(self, images: int = 4, iterations: int = 7, dirpath: str | None = None) -> None:
-        self.count, self.iterations = int(images), int(iterations)
+    def __init__(
+        self, images: int = 4, iterations: int = 7, dirpath: str | None = None, max_size: int = 128
+    ) -> None:
+        self.count, self.iterations, self.max_size = int(images), int(iterations), int(max_size)
         self.dirpath = None if dirpath is None else Path(dirpath)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -142,12 +146,20 @@ class ErosionRecorder(Callback):
         source = trainer.datamodule.source("train")
         indices = list(range(min(self.count, len(source))))
         samples = [source[i] for i in indices]
-        images = torch.stack([image for image, _ in samples]).to(pl_module.device)
-        labels = torch.stack([label for _, label in samples]).to(pl_module.device)
+        window = common_window(
+            [image.shape[-2:] for image, _ in samples],
+            self.max_size,
+            getattr(pl_module.model, "input_divisor", 1),
+        )
+        images = torch.stack([image[:, window[0], window[1]] for image, _ in samples]).to(pl_module.device)
+        labels = torch.stack([label[window] for _, label in samples]).to(pl_module.device)
         stored = stored_iteration = None
         if pl_module.accumulated is not None:
             store = pl_module.accumulated.store
-            stored = torch.stack(store.read(indices, attack.eps)).to(pl_module.device)
+            stored = torch.stack(
+                [delta[:, window[0], window[1]] for delta in store.read(indices, attack.eps)]
+            )
+            stored = stored.to(pl_module.device)
             stored_iteration = torch.from_numpy(np.array(store.counters[indices, STEPS]))
         record = record_erosion(
             pl_module.model, attack, images, labels, indices, trainer.current_epoch, self.iterations,
@@ -165,6 +177,19 @@ class ErosionRecorder(Callback):
             }
             for logger in loggers:
                 logger.experiment.log({**panels, "epoch": trainer.current_epoch})
+
+
+def common_window(sizes: Sequence[Sequence[int]], max_size: int, divisor: int) -> tuple[slice, slice]:
+    """The centred window that images of ``sizes`` share: at most ``max_size`` a side, floored to a multiple of
+    ``divisor`` (what the model takes), placed around the centre of the smallest height and width."""
+    height, width = (min(int(size[axis]) for size in sizes) for axis in (0, 1))
+
+    def window(length: int) -> slice:
+        side = max(divisor, min(length, max_size) // divisor * divisor)
+        start = (length - side) // 2
+        return slice(start, start + side)
+
+    return window(height), window(width)
 
 
 def panels_of(record: ErosionRecord) -> dict[str, list[np.ndarray]]:
