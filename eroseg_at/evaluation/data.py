@@ -6,10 +6,11 @@ from any DataLoader the user has (:class:`EvaluationData` directly).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from eroseg_at.attacks import DatasetFacts
 from eroseg_at.data import SegmentationDataModule
@@ -32,6 +33,10 @@ class EvaluationData:
             class-balanced APGD loss; None where unknown (that loss then needs explicit ``class_weights``).
         image_names: One name per image in loader order (file paths, generator seeds); None numbers them.
         palette: ``[r, g, b]`` (0-255) per class for figures; None uses the VOC bit palette.
+        batch_sizes: Images of each batch in loader order, where known beforehand; the evaluation of
+            ``evaluate.py`` needs them to share batches among processes and to key its cache.
+        batch_loader: Returns a loader of only the batches at the given (ascending) indices, so that a process
+            reads only its share and a resumed run only what is missing; None reads ``loader`` and skips.
     """
 
     name: str
@@ -43,6 +48,8 @@ class EvaluationData:
     class_frequencies: Callable[[], Tensor] | None = None
     image_names: Sequence[str] | None = None
     palette: Sequence[Sequence[int]] | None = None
+    batch_sizes: Sequence[int] | None = None
+    batch_loader: Callable[[Sequence[int]], Iterable[tuple[Tensor, Tensor]]] | None = None
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.num_classes:
@@ -63,6 +70,20 @@ class EvaluationData:
             "or class_weighting=image"
         )
 
+    def batches(self, indices: Sequence[int] | None = None) -> Iterator[tuple[int, tuple[Tensor, Tensor]]]:
+        """``(batch index, (images, labels))`` in loader order: every batch, or those at ascending ``indices``."""
+        if indices is None:
+            yield from enumerate(self.loader)
+        elif self.batch_loader is not None:
+            yield from zip(indices, self.batch_loader(indices), strict=True)
+        else:
+            wanted, last = set(indices), max(indices, default=-1)
+            for index, batch in enumerate(self.loader):
+                if index > last:
+                    return
+                if index in wanted:
+                    yield index, batch
+
     def image_name(self, index: int) -> str:
         return f"image {index}" if self.image_names is None else self.image_names[index]
 
@@ -79,7 +100,15 @@ def from_datamodule(datamodule: SegmentationDataModule) -> EvaluationData:
     """
     loader = datamodule.full_resolution_dataloader()
     source = datamodule.source("val")
-    order = [index for batch in loader.batch_sampler for index in batch]
+    batches = [list(batch) for batch in loader.batch_sampler]
+    order = [index for batch in batches for index in batch]
+
+    def batch_loader(indices: Sequence[int]) -> DataLoader:
+        # The evaluation loader restricted to some of its batches: same dataset, batches and workers.
+        return DataLoader(
+            loader.dataset, batch_sampler=[batches[i] for i in indices], num_workers=loader.num_workers
+        )
+
     return EvaluationData(
         name=str(datamodule.name),
         loader=loader,
@@ -90,13 +119,6 @@ def from_datamodule(datamodule: SegmentationDataModule) -> EvaluationData:
         class_frequencies=datamodule.class_frequencies,
         image_names=[source.sample_name(index) for index in order],
         palette=datamodule.palette,
+        batch_sizes=[len(batch) for batch in batches],
+        batch_loader=batch_loader,
     )
-
-
-def batch_count(data: EvaluationData, max_batches: int | None) -> int | None:
-    """Batches one pass takes (None where the loader has no length), for progress totals."""
-    try:
-        total = len(data.loader)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-    return total if max_batches is None else min(total, int(max_batches))

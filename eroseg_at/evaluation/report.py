@@ -36,7 +36,12 @@ CSV_FIELDS = (
     "miou",
     "pixel_accuracy",
     "seconds",
+    "images_per_second_per_iteration",
+    "cached",
 )
+# The EroSeg paper's own protocol: CW and PGD with 10 and 20 steps, step size 0.01 (None: any step count).
+PAPER_PROTOCOL = (("cw", None), ("pgd", 10), ("pgd", 20))
+PAPER_ALPHA = 0.01
 
 
 def package_versions() -> dict[str, str]:
@@ -113,6 +118,102 @@ def iterations_table(report: ModelReport) -> str | None:
     return "\n".join(lines)
 
 
+def is_paper_protocol(row: ResultRow) -> bool:
+    """Whether ``row`` is one of the paper's CW, PGD10, PGD20 (step 0.01) attacks."""
+    alpha = row.parameters.get("alpha")
+    return (
+        row.kind == "attack"
+        and alpha is not None
+        and math.isclose(alpha, PAPER_ALPHA)
+        and any(row.attack == attack and steps in (None, row.steps) for attack, steps in PAPER_PROTOCOL)
+    )
+
+
+def protocol_gap_lines(reports: list[ModelReport]) -> list[str]:
+    """Per model and budget, how far the worst case lies below the lowest of the paper's protocol rows."""
+    lines = []
+    for report in reports:
+        for worst in report.rows_of("worst_case"):
+            protocol = [
+                row for row in report.rows if is_paper_protocol(row) and row.eps_text == worst.eps_text
+            ]
+            if not protocol:
+                continue
+            lowest = min(protocol, key=lambda row: row.miou)
+            lines.append(
+                f"- {report.method} (`{report.name}`) @{worst.eps_text}: the worst case ({percent(worst.miou)}) "
+                f"lies {100 * (lowest.miou - worst.miou):.2f} mIoU points below the paper's protocol (the lowest "
+                f"of {', '.join(row.label for row in protocol)}: {lowest.label} {percent(lowest.miou)})."
+            )
+    if not lines and any(report.rows_of("worst_case") for report in reports):
+        lines.append(
+            "- The suite has none of the paper's CW, PGD10, PGD20 attacks (step 0.01), so the worst case is not "
+            "compared with its protocol."
+        )
+    return lines
+
+
+def protocol_note(row: ResultRow) -> str:
+    """How a member deviates from a plain run of its attack: SEA's protocol, early stop."""
+    factors = row.parameters.get("radius_factors")
+    notes = []
+    if row.attack == "apgd" and factors is not None and list(factors) != [1.0]:
+        fractions = row.parameters.get("stage_fractions")
+        notes.append(
+            "SEA protocol (radius "
+            + " → ".join(f"{factor:g}" for factor in factors)
+            + " eps over "
+            + " / ".join(f"{100 * fraction:g} %" for fraction in fractions)
+            + " of the steps)"
+        )
+    if row.parameters.get("early_stop"):
+        notes.append("early stop (steps at most)")
+    return "; ".join(notes)
+
+
+def origin(row: ResultRow) -> str:
+    if row.cached:
+        return "cache"
+    if row.resumed_images:
+        return f"computed, {row.resumed_images} images resumed"
+    return "computed"
+
+
+def members_table(reports: list[ModelReport]) -> str:
+    """Every pass of every model: its iterations, protocol, time, throughput and whether it came from the cache."""
+    lines = [
+        "| model | pass | attack | eps | steps | protocol | seconds | images/s per iteration | from |",
+        "|---|---|---|---|---:|---|---:|---:|---|",
+    ]
+    for report in reports:
+        for row in report.rows:
+            if row.kind == "worst_case":
+                continue
+            throughput = row.images_per_second_per_iteration
+            lines.append(
+                f"| `{report.name}` | {row.label} | {row.attack or ''} | {row.eps_text} | {row.steps or ''} | "
+                f"{protocol_note(row)} | {row.seconds:.1f} | {'' if throughput is None else f'{throughput:.3g}'} | "
+                f"{origin(row)} |"
+            )
+    return "\n".join(lines)
+
+
+def cache_lines(reports: list[ModelReport]) -> list[str]:
+    lines = []
+    for report in reports:
+        cached = [row for row in report.rows if row.cached]
+        resumed = [row for row in report.rows if row.resumed_images]
+        if cached:
+            names = ", ".join(
+                f"{row.label} @{row.eps_text}" if row.kind != "clean" else "clean" for row in cached
+            )
+            lines.append(f"- `{report.name}`: from the cache (finished by an earlier run): {names}.")
+        if resumed:
+            names = ", ".join(f"{row.label} @{row.eps_text} ({row.resumed_images} images)" for row in resumed)
+            lines.append(f"- `{report.name}`: resumed from an interrupted run's batches: {names}.")
+    return lines or ["- Nothing came from the cache: every pass was computed by this run."]
+
+
 def write_markdown(reports: list[ModelReport], path: Path, figures: list[Path]) -> None:
     parts = [
         "# Robustness report",
@@ -123,6 +224,18 @@ def write_markdown(reports: list[ModelReport], path: Path, figures: list[Path]) 
         "(SEA, Croce et al. 2024).",
         "",
         markdown_table(reports),
+        "",
+        *protocol_gap_lines(reports),
+        "",
+        "## Passes",
+        "",
+        "Steps are the gradient evaluations of each attack per image; seconds the wall time of the run that "
+        "computed the pass (all processes together), and images/s per iteration its attacked images x steps / "
+        "seconds.",
+        "",
+        members_table(reports),
+        "",
+        *cache_lines(reports),
     ]
     for report in reports:
         curve = iterations_table(report)
@@ -157,11 +270,34 @@ def write_csv(reports: list[ModelReport], path: Path) -> None:
                 )
 
 
-def results_document(reports: list[ModelReport], settings: dict[str, Any]) -> dict[str, Any]:
+def results_document(
+    reports: list[ModelReport], settings: dict[str, Any], processes: int = 1, cache: Path | None = None
+) -> dict[str, Any]:
+    """``results.json``: settings, command, versions, how it ran (processes, cache) and every model's rows.
+
+    ``cache.members_from_cache`` lists per model the passes read finished from the cache, ``resumed`` those
+    continued from an interrupted run's batches.
+    """
     return {
         "settings": settings,
         "command": sys.argv,
         "versions": package_versions(),
+        "processes": processes,
+        "cache": {
+            "directory": None if cache is None else str(cache),
+            "members_from_cache": {
+                report.name: [f"{row.key}@{row.eps_text}" for row in report.rows if row.cached]
+                for report in reports
+            },
+            "resumed": {
+                report.name: {
+                    f"{row.key}@{row.eps_text}": row.resumed_images
+                    for row in report.rows
+                    if row.resumed_images
+                }
+                for report in reports
+            },
+        },
         "models": [report.to_json() for report in reports],
     }
 

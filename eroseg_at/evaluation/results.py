@@ -47,11 +47,16 @@ class ResultRow:
         miou, pixel_accuracy: Dataset-level scores in [0, 1].
         iou_per_class: Per class, NaN for a class absent from labels and predictions.
         per_image_pixel_accuracy: Per image, in the report's image order.
-        seconds: Wall time of this row's pass over the images.
+        seconds: Wall time of this row's pass over the images, in the run that computed it (all processes
+            together: from the pass's start to its gathered result).
         attack: Registered attack name (None for clean and worst case).
         norm, steps: The attack's norm and iterations (None where there is no attack).
         parameters: Every attribute of the attack as built (JSON types).
         worst_case: For ``worst_case`` rows, the per-image choice.
+        images_per_second_per_iteration: Attacked images × ``steps`` / ``seconds`` of the run that computed the
+            pass (throughput of one attack iteration); None for rows without an attack.
+        cached: The pass was read from the evaluation's cache, finished by an earlier run (nothing computed).
+        resumed_images: Images of the pass taken from the per-batch results of an interrupted run.
     """
 
     kind: RowKind
@@ -69,6 +74,9 @@ class ResultRow:
     steps: int | None = None
     parameters: Mapping[str, Any] = field(default_factory=dict)
     worst_case: WorstCaseChoice | None = None
+    images_per_second_per_iteration: float | None = None
+    cached: bool = False
+    resumed_images: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

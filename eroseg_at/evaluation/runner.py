@@ -1,7 +1,8 @@
 """``evaluate(cfg)``: the entry point of an evaluation; models in, report files (and a W&B run) out.
 
 ``evaluate.py`` is a thin ``@hydra.main`` over this function, so tests and ``scripts/reproduce.py`` call it
-with a config from ``hydra.compose``.
+with a config from ``hydra.compose``. Under several processes (torchrun, SLURM) every process runs it; rank 0's
+output directory is everyone's, and only rank 0 writes the report and logs to W&B.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from eroseg_at.evaluation.cache import MemberCache
+from eroseg_at.evaluation.distributed import start_processes
 from eroseg_at.evaluation.evaluator import evaluate_models
 from eroseg_at.evaluation.plots import example_grid, miou_vs_eps, miou_vs_iterations
 from eroseg_at.evaluation.report import (
@@ -29,7 +34,7 @@ LOGGER_MODES = ("offline", "online", "disabled")
 
 @dataclass
 class EvaluationResult:
-    """Where an evaluation run wrote its report, and what it measured."""
+    """Where an evaluation run wrote its report, and what it measured (no reports nor files on ranks > 0)."""
 
     output_dir: Path
     reports: list[ModelReport]
@@ -92,12 +97,22 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
         An :class:`EvaluationResult` naming ``results.json``, ``results.csv``, ``results.md`` and the PNGs.
     """
     started = time.perf_counter()
-    output_dir = Path(cfg.output_dir)
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    processes = start_processes(cfg, multirun=multirun)
+    # Each process composed its own config; rank 0's directory (and so its cache) is the one of all.
+    output_dir = Path(processes.broadcast(str(cfg.output_dir)))
+    cache = MemberCache(output_dir / "cache") if cfg.cache else None
+    reports = evaluate_models(cfg, processes, cache)
+    if not processes.is_main:
+        return EvaluationResult(output_dir, [], {}, time.perf_counter() - started)
     output_dir.mkdir(parents=True, exist_ok=True)
-    reports = evaluate_models(cfg)
     files = {name: output_dir / name for name in ("results.json", "results.csv", "results.md")}
     figures = write_figures(reports, output_dir)
-    write_json(results_document(reports, OmegaConf.to_container(cfg, resolve=True)), files["results.json"])
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    write_json(
+        results_document(reports, settings, processes.world_size, None if cache is None else cache.directory),
+        files["results.json"],
+    )
     write_csv(reports, files["results.csv"])
     write_markdown(reports, files["results.md"], figures)
     files.update({figure.name: figure for figure in figures})

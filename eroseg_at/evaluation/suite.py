@@ -59,12 +59,20 @@ def _entry(
         )
     preset = entry.get("preset")
     if preset is not None and preset not in presets:
-        raise ValueError(f"{where}.{key}.preset={preset!r} is not a preset of the suite; presets: {sorted(presets)}")
+        raise ValueError(
+            f"{where}.{key}.preset={preset!r} is not a preset of the suite; presets: {sorted(presets)}"
+        )
     params = {**(presets[preset] if preset is not None else {})}
     params.update({k: v for k, v in entry.items() if k not in ENTRY_KEYS})
     if "eps" in params:
         raise ValueError(
             f"{where}.{key} sets eps; budgets come from the top-level eps list (or iterations.eps)"
+        )
+    if "seed" in params:
+        # An attack's own generator would run on through the batches of whichever process attacks them.
+        raise ValueError(
+            f"{where}.{key} sets seed; the evaluation seeds every batch's random start from the top-level "
+            "seed, the run and the batch, so that results do not depend on how many processes share the batches"
         )
     return name, str(entry.get("label", key)), params
 

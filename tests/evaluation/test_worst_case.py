@@ -1,6 +1,9 @@
-"""Worst case over attacks: the greedy mIoU choice on a hand-built example, and its guarantees."""
+"""Worst case over attacks: per-image statistics, the greedy mIoU choice on a hand-built example, its
+guarantees, and the same choices as the confusion-matrix code it replaced (benchmarks/worst_case_memory.py)."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
@@ -9,34 +12,87 @@ from eroseg_at.evaluation.worst_case import (
     dataset_miou,
     greedy_miou_choice,
     lowest_accuracy_choice,
-    per_image_confusion_matrices,
-    pixel_accuracy_per_image,
+    per_image_statistics,
+    pixel_accuracy,
+    scores_from_statistics,
     select,
     worst_case,
 )
+from eroseg_at.metrics import scores_from_confusion_matrix
+from tests.conftest import REPO_ROOT
 
 
-def confusion(*cells: tuple[int, int, int]) -> torch.Tensor:
-    """A 2-class confusion matrix from (target, prediction, count) cells."""
-    matrix = torch.zeros(2, 2, dtype=torch.int64)
-    for target, prediction, count in cells:
-        matrix[target, prediction] = count
-    return matrix
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "worst_case_memory", REPO_ROOT / "benchmarks" / "worst_case_memory.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_per_image_confusion_matrices_count_each_image_and_drop_ignore():
+before = load_benchmark()
+
+
+def statistics(*cells: tuple[int, int, int]) -> torch.Tensor:
+    """The statistics of one 2-class image from (target, prediction, count) cells."""
+    labels = torch.cat([torch.full((count,), target) for target, _, count in cells])
+    predictions = torch.cat([torch.full((count,), prediction) for _, prediction, count in cells])
+    return per_image_statistics(predictions.view(1, 1, -1), labels.view(1, 1, -1), 2)[0]
+
+
+def test_per_image_statistics_count_each_image_and_drop_ignore():
     labels = torch.tensor([[[0, 1], [255, 1]], [[2, 2], [0, 255]]])
     predictions = torch.tensor([[[0, 0], [2, 1]], [[2, 1], [0, 0]]])
-    matrices = per_image_confusion_matrices(predictions, labels, num_classes=3)
-    expected = torch.zeros(2, 3, 3, dtype=torch.int64)
-    expected[0, 0, 0], expected[0, 1, 0], expected[0, 1, 1] = 1, 1, 1
-    expected[1, 2, 2], expected[1, 2, 1], expected[1, 0, 0] = 1, 1, 1
-    assert torch.equal(matrices, expected)
+    counts = per_image_statistics(predictions, labels, num_classes=3)
+    # Rows: intersection, label count, prediction count (valid pixels only); columns: classes.
+    expected = torch.tensor([[[1, 1, 0], [1, 2, 0], [2, 1, 0]], [[1, 0, 1], [1, 0, 2], [1, 1, 1]]])
+    assert torch.equal(counts, expected)
 
 
-def test_per_image_confusion_matrices_refuse_labels_outside_the_classes():
-    with pytest.raises(ValueError, match=r"\[7\].*outside \[0, 3\)"):
-        per_image_confusion_matrices(torch.zeros(1, 2, 2, dtype=torch.int64), torch.full((1, 2, 2), 7), 3)
+@pytest.mark.parametrize("name", ["labels", "predictions"])
+def test_per_image_statistics_refuse_values_outside_the_classes(name):
+    values = {
+        "labels": torch.zeros(1, 2, 2, dtype=torch.int64),
+        "predictions": torch.zeros(1, 2, 2, dtype=torch.int64),
+    }
+    values[name] = torch.full((1, 2, 2), 7)
+    with pytest.raises(ValueError, match=rf"{name} hold \[7\], outside \[0, 3\)"):
+        per_image_statistics(values["predictions"], values["labels"], 3)
+
+
+def random_members(seed: int, members: int = 4, images: int = 12, classes: int = 5, side: int = 6):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (images, side, side), generator=generator)
+    labels[torch.rand(labels.shape, generator=generator) < 0.1] = 255
+    predictions = torch.randint(0, classes, (members, images, side, side), generator=generator)
+    return labels, predictions
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scores_equal_those_of_the_confusion_matrix_bitwise(seed):
+    labels, predictions = random_members(seed, members=1, classes=9)
+    counts = per_image_statistics(predictions[0], labels, 9)
+    confusion = before.per_image_confusion_matrices(predictions[0], labels, 9)
+    ours, theirs = scores_from_statistics(counts.sum(0)), scores_from_confusion_matrix(confusion.sum(0))
+    assert float(ours.miou) == float(theirs.miou)
+    assert float(ours.pixel_accuracy) == float(theirs.pixel_accuracy)
+    assert torch.equal(ours.iou_per_class.nan_to_num(-1), theirs.iou_per_class.nan_to_num(-1))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_choices_equal_those_of_the_confusion_matrix_code(seed):
+    # Few pixels and classes make exact ties between members common, so the tie-breaking is compared too.
+    generator = torch.Generator().manual_seed(100 + seed)
+    classes = int(torch.randint(2, 8, (1,), generator=generator))
+    side = int(torch.randint(2, 6, (1,), generator=generator))
+    labels, predictions = random_members(seed, members=5, images=30, classes=classes, side=side)
+    counts = torch.stack([per_image_statistics(p, labels, classes) for p in predictions])
+    confusion = torch.stack([before.per_image_confusion_matrices(p, labels, classes) for p in predictions])
+    ours = worst_case(counts, max_rounds=5)
+    choice, rounds = before.confusion_greedy_miou_choice(confusion, 5)
+    assert torch.equal(ours.miou_choice, choice) and ours.rounds == rounds
+    assert torch.equal(ours.accuracy_choice, before.confusion_lowest_accuracy_choice(confusion))
 
 
 def test_greedy_choice_on_a_hand_built_example():
@@ -45,16 +101,16 @@ def test_greedy_choice_on_a_hand_built_example():
     # Member C: both images a quarter wrong.
     members = torch.stack(
         [
-            torch.stack([confusion((0, 1, 4)), confusion((1, 1, 4))]),  # A
-            torch.stack([confusion((0, 0, 4)), confusion((1, 0, 2), (1, 1, 2))]),  # B
-            torch.stack([confusion((0, 0, 3), (0, 1, 1)), confusion((1, 1, 3), (1, 0, 1))]),  # C
+            torch.stack([statistics((0, 1, 4)), statistics((1, 1, 4))]),  # A
+            torch.stack([statistics((0, 0, 4)), statistics((1, 0, 2), (1, 1, 2))]),  # B
+            torch.stack([statistics((0, 0, 3), (0, 1, 1)), statistics((1, 1, 3), (1, 0, 1))]),  # C
         ]
     )
     # Single members, by hand: A: IoU0 = 0/4, IoU1 = 4/8 -> 0.25; B: IoU0 = 4/6, IoU1 = 2/4 -> 0.583;
     # C: IoU0 = 3/5, IoU1 = 3/5 -> 0.6. Greedy starts from A (image 0: A, image 1: A).
     assert dataset_miou(members[0].sum(0)) == pytest.approx(0.25)
-    # Image 0 stays on A (B or C there raise IoU0 from 0). Image 1 on B: total [[0, 4], [2, 2]],
-    # IoU0 = 0, IoU1 = 2/8 -> 0.125; on C: [[0, 4], [1, 3]], IoU1 = 3/8 -> 0.1875. B lowers most.
+    # Image 0 stays on A (B or C there raise IoU0 from 0). Image 1 on B: IoU0 = 0, IoU1 = 2/8 -> 0.125;
+    # on C: IoU1 = 3/8 -> 0.1875. B lowers most.
     choice, rounds = greedy_miou_choice(members)
     assert choice.tolist() == [0, 1]
     assert dataset_miou(select(members, choice).sum(0)) == pytest.approx(0.125)
@@ -65,21 +121,17 @@ def test_greedy_choice_on_a_hand_built_example():
 
 @pytest.mark.parametrize("seed", range(8))
 def test_worst_case_is_never_above_any_single_member(seed):
-    generator = torch.Generator().manual_seed(seed)
-    members, images, classes = 4, 12, 5
-    labels = torch.randint(0, classes, (images, 6, 6), generator=generator)
-    labels[torch.rand(labels.shape, generator=generator) < 0.1] = 255
-    predictions = torch.randint(0, classes, (members, images, 6, 6), generator=generator)
-    confusions = torch.stack([per_image_confusion_matrices(p, labels, classes) for p in predictions])
-    result = worst_case(confusions, max_rounds=3)
-    worst_miou = dataset_miou(result.miou_confusion)
-    worst_accuracy = pixel_accuracy_per_image(select(confusions, result.accuracy_choice))
-    for member in range(members):
-        assert worst_miou <= dataset_miou(confusions[member].sum(0)) + 1e-12
-        assert (worst_accuracy <= pixel_accuracy_per_image(confusions[member]) + 1e-12).all()
-    assert torch.equal(result.accuracy_confusion, select(confusions, result.accuracy_choice).sum(0))
+    labels, predictions = random_members(seed)
+    counts = torch.stack([per_image_statistics(p, labels, 5) for p in predictions])
+    result = worst_case(counts, max_rounds=3)
+    worst_miou = dataset_miou(result.miou_statistics)
+    worst_accuracy = pixel_accuracy(select(counts, result.accuracy_choice))
+    for member in range(counts.shape[0]):
+        assert worst_miou <= dataset_miou(counts[member].sum(0)) + 1e-12
+        assert (worst_accuracy <= pixel_accuracy(counts[member]) + 1e-12).all()
+    assert torch.equal(result.accuracy_statistics, select(counts, result.accuracy_choice).sum(0))
 
 
 def test_greedy_choice_refuses_a_malformed_stack():
-    with pytest.raises(ValueError, match=r"\[A, N, C, C\]"):
+    with pytest.raises(ValueError, match=r"\[A, N, 3, C\]"):
         greedy_miou_choice(torch.zeros(3, 2, 2, dtype=torch.int64))
