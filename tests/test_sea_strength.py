@@ -1,0 +1,59 @@
+"""The default SEA ensemble is at least as strong as SEA's protocol alone and as fixed-radius APGD alone (slow).
+
+A short EroSeg-AT run gives a robust shapes model; benchmarks/sea_strength.py then attacks it with both
+protocols per loss and compares the worst cases. The figures of the full-size run (50, 100 and 300
+iterations on the main job's model) are in docs/EVALUATION.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from eroseg_at.training import train
+from tests.conftest import REPO_ROOT, compose_train_config
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "sea_strength", REPO_ROOT / "benchmarks" / "sea_strength.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_the_default_sea_ensemble_is_at_or_below_every_protocol_alone(tmp_path):
+    robust = train(
+        compose_train_config(
+            [
+                "experiment=shapes_eroseg_at",
+                "dataset.train_source.num_images=512",
+                "dataset.val_source.num_images=32",
+                "schedule.max_epochs=3",
+                "validation.attacks=null",
+                "callbacks.best_checkpoint.monitor=val/miou_clean",
+                "logger=none",
+            ],
+            output_dir=tmp_path / "run",
+        )
+    )
+    figures = load_benchmark().main(
+        [
+            str(robust.last_checkpoint),
+            "--images",
+            "32",
+            "--budgets",
+            "10",
+            "20",
+            "--json",
+            str(tmp_path / "f.json"),
+        ]
+    )
+    assert figures["clean"] > 0.3, "the model must have learned the task for the comparison to mean anything"
+    for budget, row in figures["budgets"].items():
+        others = [value for name, value in row.items() if name != "worst case suite=sea"]
+        assert row["worst case suite=sea"] <= min(others) + 1e-9, (budget, row)
+        assert row["worst case suite=sea"] < figures["clean"], (budget, row)
