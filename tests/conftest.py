@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from omegaconf import DictConfig
@@ -11,6 +14,20 @@ from omegaconf import DictConfig
 from eroseg_at.configs import compose_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str) -> ModuleType:
+    """A script of the repository (``benchmarks/x.py``, ``scripts/x.py``) imported as a module named by its stem.
+
+    Registered in ``sys.modules`` before it runs, as its dataclasses look their module up there.
+    """
+    path = REPO_ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 # A shapes run small enough for a CPU test: 64x64 images, a handful of batches.
 TINY_SHAPES = (

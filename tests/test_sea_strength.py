@@ -7,21 +7,10 @@ reproduction's EroSeg3-AT and PGD3-AT models are in docs/EVALUATION.md.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from eroseg_at.training import train
-from tests.conftest import REPO_ROOT, compose_train_config
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "sea_strength", REPO_ROOT / "benchmarks" / "sea_strength.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import compose_train_config, load_script
 
 
 @pytest.mark.slow
@@ -40,7 +29,7 @@ def test_the_default_sea_ensemble_is_at_or_below_every_protocol_alone(tmp_path):
             output_dir=tmp_path / "run",
         )
     )
-    figures = load_benchmark().main(
+    figures = load_script("benchmarks/sea_strength.py").main(
         [
             str(robust.last_checkpoint),
             "--images",

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 
 import pytest
 
 from eroseg_at.evaluation.results import ModelReport, ResultRow
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_script
 
-
-def load_reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", REPO_ROOT / "scripts" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    # Registered first: its dataclasses look their module up in sys.modules.
-    sys.modules["reproduce"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-reproduce = load_reproduce()
+reproduce = load_script("scripts/reproduce.py")
 
 
 def test_mean_spread_is_mean_and_half_range_in_percent():

@@ -3,8 +3,6 @@ guarantees, and the same choices as the confusion-matrix code it replaced (bench
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -19,19 +17,9 @@ from eroseg_at.evaluation.worst_case import (
     worst_case,
 )
 from eroseg_at.metrics import scores_from_confusion_matrix
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_script
 
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "worst_case_memory", REPO_ROOT / "benchmarks" / "worst_case_memory.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-before = load_benchmark()
+before = load_script("benchmarks/worst_case_memory.py")
 
 
 def statistics(*cells: tuple[int, int, int]) -> torch.Tensor:
