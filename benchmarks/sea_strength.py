@@ -83,19 +83,21 @@ class Victim:
         key = json.dumps([attack_name, arguments], sort_keys=True)
         if key not in self.cache:
             started = time.perf_counter()
-            matrices = []
+            parts = []
+            attack = (
+                None if attack_name is None else build_attack(attack_name, dataset=self.facts, **arguments)
+            )
             for index, (images, labels) in enumerate(self.batches):
-                if attack_name is not None:
+                if attack is not None:
                     # The same noise for the same batch, whichever attacks ran before.
                     torch.manual_seed(self.seed * 1_000_003 + index)
-                    attack = build_attack(attack_name, dataset=self.facts, **arguments)
                     images = attack(self.model, images, labels)
                 with torch.no_grad():
                     predictions = predicted_classes(self.model(images))
-                matrices.append(
+                parts.append(
                     per_image_statistics(predictions, labels, self.data.num_classes, self.data.ignore_index)
                 )
-            self.cache[key] = torch.cat(matrices)
+            self.cache[key] = torch.cat(parts)
             self.seconds[key] = time.perf_counter() - started
         return self.cache[key]
 

@@ -639,13 +639,13 @@ def evaluate_models(
     runs = expand_suite(suite, list(cfg.eps or []))
     members = worst_case_members(suite)
     datasets = [from_datamodule(build(entry.dataset)) for entry in entries]
-    planner = Evaluator(cfg, processes, cache)
-    plans = [planner.plan(entry, data, runs) for entry, data in zip(entries, datasets, strict=True)]
-    work = sum(planner.work(data, plan) for data, plan in zip(datasets, plans, strict=True))
+    evaluator = Evaluator(cfg, processes, cache)
+    plans = [evaluator.plan(entry, data, runs) for entry, data in zip(entries, datasets, strict=True)]
+    work = sum(evaluator.work(data, plan) for data, plan in zip(datasets, plans, strict=True))
     # Rank 0 speaks for all: the others attack their shares at the same pace.
     stream = None if processes.is_main else io.StringIO()
     with Progress("evaluate", work, float(cfg.progress_interval_s), stream=stream) as progress:
-        evaluator = Evaluator(cfg, processes, cache, progress)
+        evaluator.progress = progress
         reports = [
             evaluator.evaluate(entry.model_for(data), data, plan, members, entry, (index, len(entries)))
             for index, (entry, data, plan) in enumerate(zip(entries, datasets, plans, strict=True), 1)
