@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from eroseg_at.errors import UserError
+
 CONFIG_KEY = "eroseg_at_config"
 FORMAT_KEY = "eroseg_at_format"
 # 1: before the model group built through _target_ and the training-attack settings moved under
@@ -25,7 +27,7 @@ FORMAT_VERSION = 2
 MODEL_PREFIX = "model."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that is missing, unreadable, foreign or inconsistent with the dataset."""
 
 
