@@ -265,6 +265,20 @@ class APGD(Attack):
             extra["class_weights"] = balanced_class_weights(dataset.class_frequencies())
         return extra
 
+    def radius_schedule(self) -> tuple[tuple[float, int], ...]:
+        """The progressive-radius stages (:func:`apgd_stages`); one stage at eps by default."""
+        return tuple(apgd_stages(self.steps, self.radius_factors, self.stage_fractions))
+
+    def model_problems(self, model: Callable) -> list[str]:
+        """The base's, plus ``class_weights`` of another length than the model's classes."""
+        problems = super().model_problems(model)
+        classes = getattr(model, "num_classes", None)
+        if self.class_weights is not None and classes is not None and self.class_weights.numel() != classes:
+            problems.append(
+                f"class_weights has {self.class_weights.numel()} entries but the model predicts {classes} classes"
+            )
+        return problems
+
     def _perturb(
         self, model: Callable, clean: Tensor, labels: Tensor, valid: Tensor, model_dtype: torch.dtype
     ) -> Tensor:
@@ -289,7 +303,7 @@ class APGD(Attack):
             evaluations += 1
             return tracked.detach(), gradient, self._pixel_error(logits, labels, valid)
 
-        stages = apgd_stages(self.steps, self.radius_factors, self.stage_fractions)
+        stages = self.radius_schedule()
         x = self._start(clean, stages[0][0] * self.eps)
         for index, (factor, count) in enumerate(stages):
             ball = self._ball(clean, factor * self.eps)

@@ -19,6 +19,9 @@ from eroseg_at.attacks.arguments import boolean, choice, integer, number, option
 from eroseg_at.attacks.objectives import correct_pixels
 
 NORMS = ("linf", "l2")
+# Every Attack subclass that defines its own ``name``, by that name (filled by ``Attack.__init_subclass__``;
+# :mod:`eroseg_at.attacks.registry` imports the package's modules so that all of them are here).
+REGISTERED_ATTACKS: dict[str, type[Attack]] = {}
 
 
 @contextmanager
@@ -99,6 +102,23 @@ class Attack:
     name: ClassVar[str] = ""
     supports_targeted: ClassVar[bool] = False
     uses_features: ClassVar[bool] = False
+    # Whether a call may end before ``steps`` gradient evaluations (APGD's option); reports say "at most".
+    early_stop: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Registers a subclass that defines its own ``name``: the registry is derived from the classes."""
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if not name:
+            return
+        known = REGISTERED_ATTACKS.get(name)
+        # The same class defined again (a module reloaded) replaces itself; another class may not take the name.
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(
+                f"attack name {name!r} of {cls.__module__}.{cls.__qualname__} is already taken by "
+                f"{known.__module__}.{known.__qualname__}; give each attack class its own name"
+            )
+        REGISTERED_ATTACKS[name] = cls
 
     def __init__(
         self,
@@ -132,6 +152,20 @@ class Attack:
         of particular attacks. An argument the user gave is never replaced.
         """
         return {} if "ignore_index" in arguments else {"ignore_index": dataset.ignore_index}
+
+    def radius_schedule(self) -> tuple[tuple[float, int], ...]:
+        """``(radius as a multiple of eps, gradient evaluations)`` of each stage: one stage at eps by default."""
+        return ((1.0, self.steps),)
+
+    def model_problems(self, model: Callable) -> list[str]:
+        """What keeps this attack from running on ``model`` (empty when nothing does).
+
+        The evaluation asks every member before any attack runs, so that a suite that cannot run stops at once
+        with every problem listed; subclasses add their own checks to the base's.
+        """
+        if self.uses_features and getattr(model, "logits_and_features", None) is None:
+            return [features_missing(self.name, model)]
+        return []
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
@@ -208,12 +242,7 @@ class Attack:
             return model(x_model).float(), None
         logits_and_features = getattr(model, "logits_and_features", None)
         if logits_and_features is None:
-            raise TypeError(
-                f"attack {self.name!r} needs decoder features: the model must have a method "
-                f"logits_and_features(x) -> (logits [B,C,H,W], features [B,D,h,w]); "
-                f"{type(model).__name__} has none (a model whose source exposes no decoder features, such as "
-                "LR-ASPP or a TorchScript module, cannot be attacked by it; and pass the model, not a DDP wrapper)"
-            )
+            raise TypeError(features_missing(self.name, model))
         logits, features = logits_and_features(x_model)
         return logits.float(), features.float()
 
@@ -283,6 +312,16 @@ class Attack:
         hit = correct_pixels(logits, labels, valid)
         remaining = (valid & ~hit) if self.targeted else hit
         return remaining.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
+
+
+def features_missing(attack: str, model: Callable) -> str:
+    """The message for a feature attack given a model without decoder features."""
+    return (
+        f"attack {attack!r} needs decoder features: the model must have a method "
+        f"logits_and_features(x) -> (logits [B,C,H,W], features [B,D,h,w]); "
+        f"{type(model).__name__} has none (a model whose source exposes no decoder features, such as "
+        "LR-ASPP or a TorchScript module, cannot be attacked by it; and pass the model, not a DDP wrapper)"
+    )
 
 
 def in_dtype(x: Tensor, clean: Tensor, dtype: torch.dtype) -> Tensor:

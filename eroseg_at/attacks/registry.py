@@ -1,24 +1,34 @@
-"""Attacks by name: ``build_attack("eroseg", eps="8/255")`` and ``available_attacks()``."""
+"""Attacks by name: ``build_attack("eroseg", eps="8/255")`` and ``available_attacks()``.
+
+The registry is derived from the classes: every module of this package is imported once, and every
+:class:`~eroseg_at.attacks.base.Attack` subclass that defines its own ``name`` registers itself
+(:meth:`Attack.__init_subclass__`). A new attack is therefore one file here (and its preset in
+``conf/attack/``); no list of names is kept by hand.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
-from eroseg_at.attacks.apgd import APGD
-from eroseg_at.attacks.base import Attack, DatasetFacts
-from eroseg_at.attacks.cospgd import CosPGD
-from eroseg_at.attacks.cw import CW
-from eroseg_at.attacks.eroseg import EroSeg
-from eroseg_at.attacks.pgd import PGD
-from eroseg_at.attacks.rppgd import RPPGD
-from eroseg_at.attacks.segpgd import SegPGD
+import eroseg_at.attacks as package
+from eroseg_at.attacks.base import REGISTERED_ATTACKS, Attack, DatasetFacts
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (PGD, SegPGD, CosPGD, RPPGD, CW, EroSeg, APGD)}
+
+def discover_attacks() -> dict[str, type[Attack]]:
+    """Imports every module of :mod:`eroseg_at.attacks` and returns the registered classes by name, sorted."""
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    return dict(sorted(REGISTERED_ATTACKS.items()))
+
+
+ATTACKS: dict[str, type[Attack]] = discover_attacks()
 
 
 def available_attacks() -> list[str]:
     """The registered attack names, sorted."""
-    return sorted(ATTACKS)
+    return list(ATTACKS)
 
 
 def build_attack(name: str, dataset: DatasetFacts | None = None, **kwargs: Any) -> Attack:

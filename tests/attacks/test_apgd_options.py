@@ -84,6 +84,13 @@ def test_each_stage_runs_at_its_radius_with_its_share_of_evaluations(sea_run):
             assert distances.max() > smaller + tolerance, "the stage never left the next stage's ball"
 
 
+def test_seas_first_random_start_is_drawn_in_the_first_stages_ball(sea_run):
+    # SEA starts in the 2 eps box, not the eps one: the start leaves the eps ball and stays in the 2 eps one.
+    images, _, inputs, _, _ = sea_run
+    start = linf_distance(inputs[0], images)
+    assert (start > 1.5 * EPS).all() and (start <= 2 * EPS + 1e-6).all()
+
+
 def test_each_stage_restarts_its_step_size_at_its_radius(sea_run):
     # Each stage's first update moves by initial_step · radius = 0.5 r (momentum 1): every element it moves and
     # leaves strictly inside the ball and [0, 1] (so nothing clipped it) moved by exactly that much.

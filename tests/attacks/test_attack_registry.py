@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import sys
 from pathlib import Path
 
 import hydra
@@ -9,22 +12,69 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import eroseg_at.attacks as attacks_package
 from eroseg_at.attacks import APGD, RPPGD, Attack, EroSeg, available_attacks, build_attack
 from eroseg_at.attacks.arguments import parse_number
-from eroseg_at.attacks.registry import ATTACKS
+from eroseg_at.attacks.base import REGISTERED_ATTACKS
+from eroseg_at.attacks.registry import ATTACKS, discover_attacks
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf" / "attack"
 ATTACK_CONFIGS = sorted(path for path in CONFIG_DIR.glob("*.yaml") if path.stem != "none")
 
 
-def test_available_attacks_are_the_issue_list():
-    assert available_attacks() == ["apgd", "cospgd", "cw", "eroseg", "pgd", "rppgd", "segpgd"]
+def test_available_attacks_include_the_issue_list():
+    assert {"apgd", "cospgd", "cw", "eroseg", "pgd", "rppgd", "segpgd"} <= set(available_attacks())
+    assert available_attacks() == sorted(available_attacks())
 
 
 def test_every_class_is_registered_under_its_name_attribute():
     for name, cls in ATTACKS.items():
         assert cls.name == name
         assert isinstance(build_attack(name), cls)
+
+
+def test_the_registry_is_every_named_attack_class_of_the_package():
+    # Derived from the classes: whatever module of eroseg_at.attacks defines an Attack with a name is in it.
+    defined = {
+        cls.name
+        for module in pkgutil.iter_modules(attacks_package.__path__)
+        for cls in vars(importlib.import_module(f"eroseg_at.attacks.{module.name}")).values()
+        if isinstance(cls, type) and issubclass(cls, Attack) and cls.__dict__.get("name")
+    }
+    assert set(available_attacks()) == defined
+
+
+NEW_ATTACK = """
+from eroseg_at.attacks.pgd import PGD
+
+
+class Toy(PGD):
+    \"\"\"A new attack in a file of its own.\"\"\"
+
+    name = "toy"
+"""
+
+
+def test_a_new_attack_is_one_file_in_the_package(tmp_path, monkeypatch):
+    (tmp_path / "toy.py").write_text(NEW_ATTACK)
+    monkeypatch.setattr(attacks_package, "__path__", [*attacks_package.__path__, str(tmp_path)])
+    try:
+        found = discover_attacks()
+        assert found["toy"].__name__ == "Toy" and set(available_attacks()) < set(found)
+    finally:
+        REGISTERED_ATTACKS.pop("toy", None)
+        sys.modules.pop("eroseg_at.attacks.toy", None)
+
+
+def test_two_classes_may_not_share_a_name():
+    with pytest.raises(
+        TypeError, match="attack name 'pgd' of .*Impostor is already taken by eroseg_at.attacks.pgd.PGD"
+    ):
+
+        class Impostor(Attack):
+            name = "pgd"
+
+    assert REGISTERED_ATTACKS["pgd"] is ATTACKS["pgd"]
 
 
 def test_unknown_name_lists_the_valid_ones():
@@ -207,7 +257,8 @@ def load_config(path: Path, background_class: int | None = 0, overrides: tuple[s
 def test_every_config_builds_its_class_with_the_shared_defaults(path):
     attack = hydra.utils.instantiate(load_config(path))
     assert isinstance(attack, Attack)
-    assert attack.name == path.stem.removesuffix("_paper")
+    # A preset is named after its attack: <name>.yaml, or <name>_<variant>.yaml (eroseg_paper, apgd_sea).
+    assert path.stem == attack.name or path.stem.startswith(f"{attack.name}_")
     assert type(attack) is ATTACKS[attack.name]
     assert attack.eps == pytest.approx(8 / 255)
     assert attack.steps == 10 and attack.random_start and attack.ignore_index == 255 and attack.norm == "linf"
@@ -216,7 +267,7 @@ def test_every_config_builds_its_class_with_the_shared_defaults(path):
 
 
 def test_configs_exist_for_every_registered_attack():
-    assert {path.stem for path in ATTACK_CONFIGS} == set(available_attacks()) | {"eroseg_paper"}
+    assert set(available_attacks()) <= {path.stem for path in ATTACK_CONFIGS}
 
 
 @pytest.mark.parametrize("background_class", [0, None])
@@ -230,3 +281,21 @@ def test_command_line_style_override_of_eps():
     config = load_config(CONFIG_DIR / "pgd.yaml", overrides=("attack.eps=4/255",))
     assert config.eps == "4/255"  # Hydra does no arithmetic: the attack parses the string
     assert hydra.utils.instantiate(config).eps == pytest.approx(4 / 255)
+
+
+def test_attacks_name_what_keeps_them_from_a_model():
+    model = torch.nn.Conv2d(3, 4, 1)
+    model.num_classes = 4
+    (problem,) = build_attack("rppgd").model_problems(model)
+    assert problem.startswith("attack 'rppgd' needs decoder features")
+    assert build_attack("pgd").model_problems(model) == []
+    assert APGD(loss="mce_balanced", class_weights=[1, 1, 1]).model_problems(model) == [
+        "class_weights has 3 entries but the model predicts 4 classes"
+    ]
+    assert APGD(loss="mce_balanced", class_weights=[1, 1, 1, 1]).model_problems(model) == []
+
+
+def test_the_radius_schedule_is_what_apgd_runs():
+    sea = APGD(steps=10, radius_factors=[2, 1.5, 1], stage_fractions=[0.3, 0.3, 0.4])
+    assert sea.radius_schedule() == ((2.0, 3), (1.5, 3), (1.0, 4))
+    assert build_attack("pgd", steps=7).radius_schedule() == ((1.0, 7),)
