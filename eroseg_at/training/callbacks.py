@@ -15,22 +15,56 @@ from lightning.pytorch.utilities import rank_zero_warn
 from rich.console import Console
 from rich.table import Table
 
-from eroseg_at.checkpoint import CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION
+from eroseg_at.checkpoint import (
+    ACCUMULATED,
+    CONFIG_KEY,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    METHOD_KEY,
+    SINGLE_STEP,
+    TrainingMethod,
+)
 from eroseg_at.metrics import SegmentationScores
 from eroseg_at.visualization import amplified_perturbation
 
 
 class ConfigInCheckpoint(Callback):
-    """Stores the run's resolved config and the checkpoint format in every checkpoint
-    (:mod:`eroseg_at.checkpoint`), so evaluation can rebuild the exact model and dataset from
-    the checkpoint alone (plain types only, so it still loads with ``weights_only=True``)."""
+    """Stores the run's resolved config, the checkpoint format and the training method in every checkpoint
+    (:mod:`eroseg_at.checkpoint`), so evaluation can rebuild the exact model and dataset from the checkpoint
+    alone and name how it was trained (plain types only, so it still loads with ``weights_only=True``).
+
+    The method is read once training starts, before any eps warm-up changes the attack.
+    """
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
+        self.method: TrainingMethod | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.method = training_method(pl_module)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[CONFIG_KEY] = self.config
         checkpoint[FORMAT_KEY] = FORMAT_VERSION
+        checkpoint[METHOD_KEY] = (self.method or training_method(pl_module)).to_record()
+
+
+def training_method(module: L.LightningModule) -> TrainingMethod:
+    """How ``module`` trains, from the objects it trains with: the training attack as built (its class, its
+    ``steps``, its ``eps``) and the ``adversarial`` settings (mode, objective, steps per visit, clipping)."""
+    attack = module.train_attack
+    if attack is None:
+        return TrainingMethod()
+    adversarial = module.adversarial
+    steps = {ACCUMULATED: adversarial.accumulated.steps, SINGLE_STEP: 1}.get(adversarial.mode, attack.steps)
+    return TrainingMethod(
+        attack=type(attack).__name__,
+        mode=adversarial.mode,
+        steps=steps,
+        objective=adversarial.objective,
+        eps=float(attack.eps),
+        clip=adversarial.single_step.clip if adversarial.mode == SINGLE_STEP else None,
+    )
 
 
 def iou_table(scores: dict[str, SegmentationScores], class_names: list[str]) -> Table:
