@@ -2,7 +2,7 @@
 
 The evaluation attacks the full-resolution module of the model (padding to the model's divisor, optional
 sliding windows); with ``compile.enabled=true`` it attacks ``torch.compile`` of that module. Both modules here
-come from the evaluation's own ``Evaluator.prepare``. Each is timed on the same PGD attack (forward +
+come from the evaluation's own ``PassRunner.prepare``. Each is timed on the same PGD attack (forward +
 input-gradient backward per iteration, the same random start), first once to compile (the warm-up), then
 ``--repeats`` times in interleaved rounds, keeping the fastest run (other processes on a shared machine only
 ever add time). Printed: compile time, milliseconds and images per second per iteration, the ratio, and how
@@ -23,7 +23,8 @@ import torch
 from eroseg_at.attacks import build_attack
 from eroseg_at.configs import build, compose_config
 from eroseg_at.evaluation.distributed import single_process
-from eroseg_at.evaluation.evaluator import Evaluator
+from eroseg_at.evaluation.passes import PassRunner
+from eroseg_at.evaluation.settings import EvaluationSettings
 
 
 def main() -> None:
@@ -49,13 +50,18 @@ def main() -> None:
     ).to(device)
     settings = ["output_dir=unused", f"precision={args.precision}"]
     options = [] if args.mode is None else [f"+compile.options.mode={args.mode}"]
-    evaluators = {
-        "eager": Evaluator(compose_config("evaluate", settings), single_process(device)),
-        "compiled": Evaluator(
-            compose_config("evaluate", [*settings, "compile.enabled=true", *options]), single_process(device)
+    runners = {
+        "eager": PassRunner(
+            EvaluationSettings.from_config(compose_config("evaluate", settings)), single_process(device)
+        ),
+        "compiled": PassRunner(
+            EvaluationSettings.from_config(
+                compose_config("evaluate", [*settings, "compile.enabled=true", *options])
+            ),
+            single_process(device),
         ),
     }
-    modules = {name: evaluator.prepare(network) for name, evaluator in evaluators.items()}
+    modules = {name: evaluator.prepare(network) for name, evaluator in runners.items()}
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch, args.size, args.size), device=device)
     attack = build_attack("pgd", eps="8/255", alpha=0.01, steps=args.steps)
@@ -65,7 +71,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        with evaluators[name].autocast():
+        with runners[name].autocast():
             adversarial = attack(modules[name], images, labels)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -78,7 +84,7 @@ def main() -> None:
         for name in modules:
             outputs[name], seconds = attacked(name)
             best[name] = min(best[name], seconds)
-    predictions = {name: evaluators[name].predict(modules[name], outputs[name]) for name in modules}
+    predictions = {name: runners[name].predict(modules[name], outputs[name]) for name in modules}
     print(
         f"PGD-{args.steps} on model={args.model}, batch {args.batch}x3x{args.size}x{args.size}, {device.type}, "
         f"precision {args.precision}, torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -26,7 +26,7 @@ from eroseg_at.checkpoint import load_checkpoint
 from eroseg_at.configs import build, compose_config
 from eroseg_at.evaluation.data import from_datamodule
 from eroseg_at.evaluation.inference import full_resolution
-from eroseg_at.evaluation.suite import expand_suite, worst_case_members
+from eroseg_at.evaluation.suite import Suite
 from eroseg_at.evaluation.worst_case import dataset_miou, per_image_statistics, select, worst_case
 from eroseg_at.predictions import predicted_classes
 
@@ -110,12 +110,11 @@ def worst(victim: Victim, members: list[torch.Tensor]) -> float:
 def default_ensemble(budget: int, eps: str) -> list[tuple[str, dict]]:
     """The members of ``conf/suite/sea.yaml`` at ``suite.steps=budget``: (attack, arguments) each."""
     cfg = compose_config("evaluate", ["suite=sea", f"suite.steps={budget}", "output_dir=unused"])
-    suite = OmegaConf.to_container(cfg.suite, resolve=True)
-    members = worst_case_members(suite)
+    suite = Suite.from_config(cfg.suite, [eps])
     return [
-        (run.attack, {"eps": eps, **run.params})
-        for run in expand_suite(suite, [eps])
-        if run.kind == "attack" and run.key in members
+        (run.attack, {"eps": eps, **run.arguments})
+        for run in suite.runs
+        if run.kind == "attack" and run.key in suite.worst_case
     ]
 
 

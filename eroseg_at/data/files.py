@@ -200,6 +200,9 @@ class PairedFilesSource(SegmentationSource):
     def sample_name(self, index: int) -> str:
         return str(self.pairs[index][0])
 
+    def sample_files(self, index: int) -> tuple[Path, ...]:
+        return tuple(self.pairs[index])
+
     def fingerprint(self) -> dict:
         return {
             "dataset": self.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,6 +61,13 @@ class SegmentationSource(Dataset, abc.ABC):
     @abc.abstractmethod
     def sample_name(self, index: int) -> str:
         """A human-readable identifier of sample ``index`` (file path or generator seed)."""
+
+    def sample_files(self, index: int) -> tuple[Path, ...]:
+        """The files sample ``index`` is read from (image first, then its label file).
+
+        Empty for a generated sample, whose content :meth:`fingerprint` and the index determine.
+        """
+        return ()
 
     @abc.abstractmethod
     def fingerprint(self) -> dict:

@@ -1,89 +1,57 @@
-"""Results kept as each member of an evaluation finishes, so that a rerun recomputes only what is missing.
+"""Results kept as each pass of an evaluation finishes, so that a rerun recomputes only what is missing.
 
-A member is one pass over the evaluated images: the clean pass, one suite attack at one budget, or one point
-of the iterations curve. Its per-image statistics are stored under ``<output_dir>/cache/<digest>.pt``, the
-digest being the SHA-256 of a JSON document (:class:`MemberKey`) of everything that changes them: the model's
-weights (SHA-256), the dataset config and the evaluated images batch by batch, the member (attack, budget,
-every argument), the evaluation settings that change outputs (seed, precision, inference, compile, device
-type), the cache format, torch's version and the code (:func:`code_version`). A changed parameter therefore
-misses its own member only, and the number of processes is not part of the key, as it does not change
-results. While a member runs, each process stores every batch it finishes under
+A pass is one pass over the evaluated images: the clean pass, one suite attack at one budget, one point of the
+iterations curve, or any other per-image statistics producer. Its per-image results are stored under
+``<output_dir>/cache/<digest>.pt``, the digest being the SHA-256 of its key (:class:`~.keys.PassKey`: everything
+that changes them). While a pass runs, each process stores every batch it finishes under
 ``<digest>.partial/batch-<index>.pt``, so a kill loses at most one batch per process. Every file is written
-under a temporary name and renamed, so a kill never leaves a half-written file under a final name.
+under a temporary name and renamed, so a kill never leaves a half-written file under a final name; each file
+holds its key's full text, which is checked when it is read.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
-from dataclasses import dataclass, field
-from functools import cache
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-import eroseg_at
+if TYPE_CHECKING:
+    from eroseg_at.evaluation.keys import PassKey
 
-# Bump when what a cache file holds, or how a member is computed, changes without a code change.
-CACHE_FORMAT = 1
-
-
-@cache
-def code_version() -> str:
-    """SHA-256 of the package's sources that produce evaluation results (everything but ``training/``)."""
-    root = Path(eroseg_at.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        relative = path.relative_to(root)
-        if relative.parts[0] == "training":
-            continue
-        digest.update(f"{relative.as_posix()}\0".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+# Bump when what a cache file holds, or how a pass is computed, changes without a code change.
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
-class MemberKey:
-    """What a member's results depend on (JSON types), and its SHA-256."""
-
-    fields: dict[str, Any]
-
-    @property
-    def text(self) -> str:
-        return json.dumps(self.fields, sort_keys=True)
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-
-@dataclass
-class MemberStatistics:
-    """A finished member.
+class PassResult:
+    """A finished pass.
 
     Attributes:
-        statistics: ``[N, 3, C]`` int64 per-image statistics, in the report's image order.
-        seconds: Wall time of the member in the run that finished it (from its start to the gathered result).
-        computed_images: Images attacked in that run (all processes together).
+        statistics: ``[N, ...]`` per-image results in the report's image order (``[N, 3, C]`` int64 for the
+            clean and attack passes).
+        seconds: Wall time of the pass in the run that finished it (from its start to the gathered result).
+        computed_images: Images computed in that run (all processes together).
         resumed_images: Images read from the per-batch results of an interrupted run.
-        attack: The attack as built (``norm``, ``steps``, ``parameters``); empty for the clean pass.
-        cached: Whether this run read the finished member from the cache (nothing computed).
+        gradient_evaluations: Images × gradient evaluations the model actually ran for the computed images
+            (fewer than images × steps where an attack stopped early); 0 for a pass without gradients.
+        cached: Whether this run read the finished pass from the cache (nothing computed).
     """
 
     statistics: Tensor
     seconds: float
     computed_images: int
     resumed_images: int = 0
-    attack: dict[str, Any] = field(default_factory=dict)
+    gradient_evaluations: int = 0
     cached: bool = False
 
 
 class CacheError(RuntimeError):
-    """A cache file that cannot be read or holds another member."""
+    """A cache file that cannot be read or holds another pass."""
 
 
 def write_atomically(payload: dict[str, Any], path: Path) -> None:
@@ -94,79 +62,79 @@ def write_atomically(payload: dict[str, Any], path: Path) -> None:
     partial.replace(path)
 
 
-class MemberCache:
-    """The members of one output directory (``<output_dir>/cache``); see the module docstring."""
+class PassCache:
+    """The passes of one output directory (``<output_dir>/cache``); see the module docstring."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
 
-    def _member_path(self, key: MemberKey) -> Path:
+    def _pass_path(self, key: PassKey) -> Path:
         return self.directory / f"{key.digest}.pt"
 
-    def _batches_dir(self, key: MemberKey) -> Path:
+    def _batches_dir(self, key: PassKey) -> Path:
         return self.directory / f"{key.digest}.partial"
 
-    def _load(self, path: Path, key: MemberKey) -> dict[str, Any]:
+    def _load(self, path: Path, key: PassKey) -> dict[str, Any]:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
             raise CacheError(
                 f"cache file {str(path)!r} is unreadable ({type(error).__name__}: {error}); delete it to "
-                "recompute that member"
+                "recompute that pass"
             ) from error
         if payload.get("format") != CACHE_FORMAT or payload.get("key") != key.text:
             raise CacheError(
-                f"cache file {str(path)!r} holds another member than its name says (format "
-                f"{payload.get('format')!r}); delete it to recompute that member"
+                f"cache file {str(path)!r} holds another pass than its name says (format "
+                f"{payload.get('format')!r}); delete it to recompute that pass"
             )
         return payload
 
-    def finished(self, key: MemberKey) -> bool:
-        return self._member_path(key).is_file()
+    def finished(self, key: PassKey) -> bool:
+        return self._pass_path(key).is_file()
 
-    def member(self, key: MemberKey) -> MemberStatistics | None:
-        """The finished member of ``key``, marked ``cached``; None if it never finished here."""
-        path = self._member_path(key)
+    def result(self, key: PassKey) -> PassResult | None:
+        """The finished pass of ``key``, marked ``cached``; None if it never finished here."""
+        path = self._pass_path(key)
         if not path.is_file():
             return None
         payload = self._load(path, key)
-        return MemberStatistics(
+        return PassResult(
             statistics=payload["statistics"],
             seconds=payload["seconds"],
             computed_images=payload["computed_images"],
             resumed_images=payload["resumed_images"],
-            attack=payload["attack"],
+            gradient_evaluations=payload["gradient_evaluations"],
             cached=True,
         )
 
-    def store(self, key: MemberKey, member: MemberStatistics) -> None:
-        """Keeps a finished member and drops its per-batch results."""
+    def store(self, key: PassKey, result: PassResult) -> None:
+        """Keeps a finished pass and drops its per-batch results."""
         write_atomically(
             {
                 "format": CACHE_FORMAT,
                 "key": key.text,
-                "statistics": member.statistics,
-                "seconds": member.seconds,
-                "computed_images": member.computed_images,
-                "resumed_images": member.resumed_images,
-                "attack": member.attack,
+                "statistics": result.statistics,
+                "seconds": result.seconds,
+                "computed_images": result.computed_images,
+                "resumed_images": result.resumed_images,
+                "gradient_evaluations": result.gradient_evaluations,
             },
-            self._member_path(key),
+            self._pass_path(key),
         )
         shutil.rmtree(self._batches_dir(key), ignore_errors=True)
 
-    def finished_batches(self, key: MemberKey) -> list[int]:
+    def finished_batches(self, key: PassKey) -> list[int]:
         """Indices of the batches of ``key`` that an interrupted run finished, ascending."""
         directory = self._batches_dir(key)
         if not directory.is_dir():
             return []
         return sorted(int(path.stem.split("-")[1]) for path in directory.glob("batch-*.pt"))
 
-    def batch(self, key: MemberKey, index: int) -> Tensor:
-        """The ``[B, 3, C]`` statistics of one finished batch."""
+    def batch(self, key: PassKey, index: int) -> Tensor:
+        """The ``[B, ...]`` results of one finished batch."""
         return self._load(self._batches_dir(key) / f"batch-{index:06d}.pt", key)["statistics"]
 
-    def store_batch(self, key: MemberKey, index: int, statistics: Tensor) -> None:
+    def store_batch(self, key: PassKey, index: int, statistics: Tensor) -> None:
         write_atomically(
             {"format": CACHE_FORMAT, "key": key.text, "statistics": statistics},
             self._batches_dir(key) / f"batch-{index:06d}.pt",

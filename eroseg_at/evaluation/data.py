@@ -6,15 +6,21 @@ from any DataLoader the user has (:class:`EvaluationData` directly).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
 
+import albumentations as A
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from eroseg_at.attacks import DatasetFacts
 from eroseg_at.data import SegmentationDataModule
+from eroseg_at.data.class_frequencies import default_cache_dir
 from eroseg_at.data.datamodule import bit_palette
+from eroseg_at.evaluation.digests import source_digests, tensor_digests
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,9 @@ class EvaluationData:
             ``evaluate.py`` needs them to share batches among processes and to key its cache.
         batch_loader: Returns a loader of only the batches at the given (ascending) indices, so that a process
             reads only its share and a resumed run only what is missing; None reads ``loader`` and skips.
+        image_digests: Returns a digest of each image's and label's content, in loader order, for the cache
+            key (:mod:`.digests`); None digests the tensors the loader yields.
+        transforms: What is done to the images after reading them (a resize), for the cache key.
     """
 
     name: str
@@ -50,6 +59,8 @@ class EvaluationData:
     palette: Sequence[Sequence[int]] | None = None
     batch_sizes: Sequence[int] | None = None
     batch_loader: Callable[[Sequence[int]], Iterable[tuple[Tensor, Tensor]]] | None = None
+    image_digests: Callable[[], Sequence[str]] | None = None
+    transforms: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.num_classes:
@@ -84,6 +95,13 @@ class EvaluationData:
                 if index in wanted:
                     yield index, batch
 
+    def batch_digests(self, batches: Sequence[int]) -> list[list[str]]:
+        """Per batch of ``batches``, a digest of each of its images and their labels (:mod:`.digests`)."""
+        if self.image_digests is None:
+            return [tensor_digests(images, labels) for _, (images, labels) in self.batches(batches)]
+        digests, starts = self.image_digests(), [0, *accumulate(self.batch_sizes)]
+        return [list(digests[starts[batch] : starts[batch + 1]]) for batch in batches]
+
     def image_name(self, index: int) -> str:
         return f"image {index}" if self.image_names is None else self.image_names[index]
 
@@ -109,6 +127,7 @@ def from_datamodule(datamodule: SegmentationDataModule) -> EvaluationData:
             loader.dataset, batch_sampler=[batches[i] for i in indices], num_workers=loader.num_workers
         )
 
+    digest_dir = Path(datamodule.stats_cache_dir or default_cache_dir()) / "file_digests"
     return EvaluationData(
         name=str(datamodule.name),
         loader=loader,
@@ -121,4 +140,6 @@ def from_datamodule(datamodule: SegmentationDataModule) -> EvaluationData:
         palette=datamodule.palette,
         batch_sizes=[len(batch) for batch in batches],
         batch_loader=batch_loader,
+        image_digests=lambda: source_digests(source, order, digest_dir),
+        transforms=A.to_dict(loader.dataset.transform),
     )

@@ -33,6 +33,7 @@ CSV_FIELDS = (
     "eps",
     "eps_text",
     "steps",
+    "iterations_run",
     "miou",
     "pixel_accuracy",
     "seconds",
@@ -120,12 +121,16 @@ def iterations_table(report: ModelReport) -> str | None:
 
 def is_paper_protocol(row: ResultRow) -> bool:
     """Whether ``row`` is one of the paper's CW, PGD10, PGD20 (step 0.01) attacks."""
-    alpha = row.parameters.get("alpha")
+    description = row.description
     return (
         row.kind == "attack"
-        and alpha is not None
-        and math.isclose(alpha, PAPER_ALPHA)
-        and any(row.attack == attack and steps in (None, row.steps) for attack, steps in PAPER_PROTOCOL)
+        and description is not None
+        and description.alpha is not None
+        and math.isclose(description.alpha, PAPER_ALPHA)
+        and any(
+            description.name == attack and steps in (None, description.steps)
+            for attack, steps in PAPER_PROTOCOL
+        )
     )
 
 
@@ -154,19 +159,20 @@ def protocol_gap_lines(reports: list[ModelReport]) -> list[str]:
 
 
 def protocol_note(row: ResultRow) -> str:
-    """How a member deviates from a plain run of its attack: SEA's protocol, early stop."""
-    factors = row.parameters.get("radius_factors")
+    """How a member deviates from a plain run of its attack: SEA's progressive radius, early stop."""
+    description = row.description
+    if description is None:
+        return ""
     notes = []
-    if row.attack == "apgd" and factors is not None and list(factors) != [1.0]:
-        fractions = row.parameters.get("stage_fractions")
+    if description.progressive:
         notes.append(
             "SEA protocol (radius "
-            + " → ".join(f"{factor:g}" for factor in factors)
+            + " → ".join(f"{stage.radius_factor:g}" for stage in description.stages)
             + " eps over "
-            + " / ".join(f"{100 * fraction:g} %" for fraction in fractions)
-            + " of the steps)"
+            + " / ".join(str(stage.gradient_evaluations) for stage in description.stages)
+            + " steps)"
         )
-    if row.parameters.get("early_stop"):
+    if description.early_stop:
         notes.append("early stop (steps at most)")
     return "; ".join(notes)
 
@@ -180,20 +186,22 @@ def origin(row: ResultRow) -> str:
 
 
 def members_table(reports: list[ModelReport]) -> str:
-    """Every pass of every model: its iterations, protocol, time, throughput and whether it came from the cache."""
+    """Every pass of every model: its iterations (configured and run), protocol, time, throughput and whether it
+    came from the cache."""
     lines = [
-        "| model | pass | attack | eps | steps | protocol | seconds | images/s per iteration | from |",
-        "|---|---|---|---|---:|---|---:|---:|---|",
+        "| model | pass | attack | eps | steps | iterations run | protocol | seconds | images/s per iteration | from |",
+        "|---|---|---|---|---:|---:|---|---:|---:|---|",
     ]
     for report in reports:
         for row in report.rows:
             if row.kind == "worst_case":
                 continue
             throughput = row.images_per_second_per_iteration
+            run = row.iterations_run
             lines.append(
                 f"| `{report.name}` | {row.label} | {row.attack or ''} | {row.eps_text} | {row.steps or ''} | "
-                f"{protocol_note(row)} | {row.seconds:.1f} | {'' if throughput is None else f'{throughput:.3g}'} | "
-                f"{origin(row)} |"
+                f"{'' if run is None else f'{run:.3g}'} | {protocol_note(row)} | {row.seconds:.1f} | "
+                f"{'' if throughput is None else f'{throughput:.3g}'} | {origin(row)} |"
             )
     return "\n".join(lines)
 
@@ -229,9 +237,9 @@ def write_markdown(reports: list[ModelReport], path: Path, figures: list[Path]) 
         "",
         "## Passes",
         "",
-        "Steps are the gradient evaluations of each attack per image; seconds the wall time of the run that "
-        "computed the pass (all processes together), and images/s per iteration its attacked images x steps / "
-        "seconds.",
+        "Steps are the gradient evaluations of each attack per image, iterations run those it actually ran per "
+        "image (fewer where it stopped early); seconds the wall time of the run that computed the pass (all "
+        "processes together), and images/s per iteration its attacked images x iterations run / seconds.",
         "",
         members_table(reports),
         "",

@@ -1,7 +1,8 @@
 """The typed results of an evaluation: one row per clean / attack / curve point / worst case, one report per model.
 
-Rows and reports travel from the evaluator to the report files, the plots, the W&B run and
-``scripts/reproduce.py``; :meth:`ModelReport.row` is the one way to look a row up.
+Rows and reports travel from the pass runner to the report files, the plots, the W&B run and
+``scripts/reproduce.py``; :meth:`ModelReport.row` is the one way to look a row up. A row's scores come from a
+:class:`Scores` record and its attack from an :class:`AttackDescription`, both read by attribute.
 """
 
 from __future__ import annotations
@@ -13,9 +14,94 @@ from typing import Any, Literal
 
 import torch
 
+from eroseg_at.attacks.base import Attack, IterativeAttack
+from eroseg_at.checkpoint import TrainingMethod
+from eroseg_at.evaluation.cache import PassResult
+from eroseg_at.evaluation.keys import json_value
+from eroseg_at.evaluation.suite import AttackRun
+from eroseg_at.evaluation.worst_case import pixel_accuracy, scores_from_statistics, select, worst_case
+
 # clean: no attack; attack: a suite attack at a budget (a worst-case member); iterations: a point of the
 # attack-strength curve; worst_case: the per-image worst case over the members at a budget.
 RowKind = Literal["clean", "attack", "iterations", "worst_case"]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The scores of per-image statistics.
+
+    Attributes:
+        miou, pixel_accuracy: Dataset-level scores in [0, 1].
+        iou_per_class: Per class, NaN for a class absent from labels and predictions.
+        per_image_pixel_accuracy: Per image, in the statistics' order.
+    """
+
+    miou: float
+    pixel_accuracy: float
+    iou_per_class: tuple[float, ...]
+    per_image_pixel_accuracy: tuple[float, ...]
+
+    @classmethod
+    def of(cls, statistics: torch.Tensor) -> Scores:
+        """The scores of per-image statistics ``[N, 3, C]``."""
+        summed = scores_from_statistics(statistics.sum(0))
+        return cls(
+            miou=float(summed.miou),
+            pixel_accuracy=float(summed.pixel_accuracy),
+            iou_per_class=tuple(float(value) for value in summed.iou_per_class),
+            per_image_pixel_accuracy=tuple(pixel_accuracy(statistics).tolist()),
+        )
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of an attack's radius schedule: its radius as a multiple of eps and its gradient evaluations."""
+
+    radius_factor: float
+    gradient_evaluations: int
+
+
+@dataclass(frozen=True)
+class AttackDescription:
+    """An attack as it ran, in the fields reports read.
+
+    Attributes:
+        name: Its registered name (``apgd``).
+        norm: ``linf`` or ``l2``.
+        eps: The budget.
+        steps: Gradient evaluations per image it may run.
+        alpha: The fixed step of the PGD loop; None for attacks that steer their own step (APGD).
+        stages: Its radius schedule; more than one stage is SEA's progressive radius.
+        early_stop: Whether it may stop before ``steps`` (then ``steps`` is a maximum).
+        parameters: Every attribute of the attack as built, in JSON types, for the record.
+    """
+
+    name: str
+    norm: str
+    eps: float
+    steps: int
+    alpha: float | None
+    stages: tuple[Stage, ...]
+    early_stop: bool
+    parameters: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, attack: Attack) -> AttackDescription:
+        return cls(
+            name=attack.name,
+            norm=attack.norm,
+            eps=attack.eps,
+            steps=attack.steps,
+            alpha=attack.alpha if isinstance(attack, IterativeAttack) else None,
+            stages=tuple(Stage(factor, count) for factor, count in attack.radius_schedule()),
+            early_stop=attack.early_stop,
+            parameters=json_value(vars(attack)),
+        )
+
+    @property
+    def progressive(self) -> bool:
+        """Whether the radius shrinks over stages (SEA's protocol)."""
+        return len(self.stages) > 1
 
 
 @dataclass(frozen=True)
@@ -53,10 +139,14 @@ class ResultRow:
         norm, steps: The attack's norm and iterations (None where there is no attack).
         parameters: Every attribute of the attack as built (JSON types).
         worst_case: For ``worst_case`` rows, the per-image choice.
-        images_per_second_per_iteration: Attacked images × ``steps`` / ``seconds`` of the run that computed the
-            pass (throughput of one attack iteration); None for rows without an attack.
+        images_per_second_per_iteration: Attacked images × gradient evaluations actually run / ``seconds`` of
+            the run that computed the pass (throughput of one attack iteration; early stop counts what ran);
+            None for rows without an attack.
         cached: The pass was read from the evaluation's cache, finished by an earlier run (nothing computed).
         resumed_images: Images of the pass taken from the per-batch results of an interrupted run.
+        description: The attack as it ran (typed: step, radius schedule, early stop); None without an attack.
+        iterations_run: Gradient evaluations per attacked image actually run, on average, in the run that
+            computed the pass; None without an attack or without computed images.
     """
 
     kind: RowKind
@@ -77,9 +167,115 @@ class ResultRow:
     images_per_second_per_iteration: float | None = None
     cached: bool = False
     resumed_images: int = 0
+    description: AttackDescription | None = None
+    iterations_run: float | None = None
+
+    @property
+    def scores(self) -> Scores:
+        return Scores(self.miou, self.pixel_accuracy, self.iou_per_class, self.per_image_pixel_accuracy)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def clean_row(result: PassResult) -> ResultRow:
+    """The report row of the clean pass."""
+    return ResultRow(
+        kind="clean",
+        key="clean",
+        label="clean",
+        eps=0.0,
+        eps_text="0",
+        **asdict(Scores.of(result.statistics)),
+        seconds=result.seconds,
+        cached=result.cached,
+        resumed_images=result.resumed_images,
+    )
+
+
+def attack_row(run: AttackRun, description: AttackDescription, result: PassResult) -> ResultRow:
+    """The report row of a suite run's finished pass."""
+    computed = result.computed_images and result.seconds > 0
+    return ResultRow(
+        kind=run.kind,
+        key=run.key,
+        label=run.label,
+        eps=run.eps,
+        eps_text=run.eps_text,
+        **asdict(Scores.of(result.statistics)),
+        seconds=result.seconds,
+        attack=run.attack,
+        norm=description.norm,
+        steps=description.steps,
+        parameters=description.parameters,
+        images_per_second_per_iteration=result.gradient_evaluations / result.seconds if computed else None,
+        cached=result.cached,
+        resumed_images=result.resumed_images,
+        description=description,
+        iterations_run=result.gradient_evaluations / result.computed_images
+        if result.computed_images
+        else None,
+    )
+
+
+def worst_case_row(
+    budget: str, eps: float, members: Sequence[str], statistics: torch.Tensor, rounds: int
+) -> ResultRow:
+    """The worst case at one budget over the stacked per-image statistics of ``members``.
+
+    mIoU and per-class IoU are those of the greedy mIoU choice; pixel accuracy decomposes over images, so its
+    worst case (and the per-image list) is that of the per-image lowest-accuracy choice.
+
+    Shape:
+        statistics: ``[A, N, 3, C]``, one row per name of ``members`` (``clean`` first).
+    """
+    result = worst_case(statistics, rounds)
+    by_miou = Scores.of(select(statistics, result.miou_choice))
+    by_accuracy = Scores.of(select(statistics, result.accuracy_choice))
+    return ResultRow(
+        kind="worst_case",
+        key="worst_case",
+        label="worst case",
+        eps=eps,
+        eps_text=budget,
+        miou=by_miou.miou,
+        iou_per_class=by_miou.iou_per_class,
+        pixel_accuracy=by_accuracy.pixel_accuracy,
+        per_image_pixel_accuracy=by_accuracy.per_image_pixel_accuracy,
+        worst_case=WorstCaseChoice(
+            members=tuple(members),
+            greedy_rounds=result.rounds,
+            miou_choice=tuple(members[i] for i in result.miou_choice.tolist()),
+            accuracy_choice=tuple(members[i] for i in result.accuracy_choice.tolist()),
+        ),
+    )
+
+
+def worst_case_rows(
+    runs: Sequence[AttackRun],
+    members: Sequence[str],
+    clean: torch.Tensor,
+    attacked: Mapping[tuple[str, str], torch.Tensor],
+    rounds: int,
+) -> list[ResultRow]:
+    """Per budget, the worst case over the clean image (δ = 0 is in the threat model) and the members.
+
+    Args:
+        runs: The suite's runs (their budgets, in order).
+        members: Keys of the worst case's members.
+        clean: ``[N, 3, C]`` statistics of the clean pass.
+        attacked: ``(eps_text, key)`` -> ``[N, 3, C]`` statistics of each member at each budget.
+        rounds: Greedy rounds of the mIoU choice.
+    """
+    rows = []
+    for budget in dict.fromkeys(run.eps_text for run in runs if run.kind == "attack"):
+        keys = [key for key in members if (budget, key) in attacked]
+        if not keys:
+            continue
+        stacked = torch.stack([clean, *(attacked[(budget, key)] for key in keys)])
+        eps = next(run.eps for run in runs if run.eps_text == budget)
+        rows.append(worst_case_row(budget, eps, ["clean", *keys], stacked, rounds))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -107,7 +303,8 @@ class ModelReport:
         name: How the report names the model (the checkpoint's file name, or the model source).
         path: The checkpoint or model file; None for a model given in memory.
         sha256: Hex SHA-256 of the weights evaluated.
-        method: The training method (``standard``, ``EroSeg3-AT``, ...), ``unknown`` where not recorded.
+        method: The row name: the training method's label (``standard``, ``EroSeg3-AT``, ...), or the source
+            of a model that does not come from a training checkpoint.
         dataset: The dataset's name; ``class_names`` and ``palette`` (0-255 RGB per class) are its own.
         ignore_index: The dataset's ignore label.
         image_names: The evaluated images in the order of every per-image list.
@@ -115,6 +312,7 @@ class ModelReport:
         training: The training run's config, where the model comes from a training checkpoint.
         source: How the model was built and adapted (source kind, files, normalisation).
         example: The example grid's images, or None.
+        training_method: How a training checkpoint's model was trained (its record, or its config's account).
     """
 
     name: str
@@ -130,6 +328,7 @@ class ModelReport:
     training: Mapping[str, Any] | None = None
     source: Mapping[str, Any] = field(default_factory=dict)
     example: Example | None = None
+    training_method: TrainingMethod | None = None
 
     @property
     def num_images(self) -> int:
@@ -172,9 +371,6 @@ class ModelReport:
             "images": list(self.image_names),
             "source": dict(self.source),
             "training_config": self.training,
+            "training_method": None if self.training_method is None else self.training_method.to_record(),
             "results": [row.to_json() for row in self.rows],
         }
-
-
-def palette_tuple(palette: Sequence[Sequence[int]]) -> tuple[tuple[int, int, int], ...]:
-    return tuple((int(r), int(g), int(b)) for r, g, b in palette)

@@ -11,14 +11,15 @@ import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from eroseg_at.evaluation.cache import MemberCache
+from eroseg_at.evaluation.cache import PassCache
 from eroseg_at.evaluation.distributed import start_processes
-from eroseg_at.evaluation.evaluator import evaluate_models
+from eroseg_at.evaluation.pipeline import evaluate_models
 from eroseg_at.evaluation.plots import example_grid, miou_vs_eps, miou_vs_iterations
 from eroseg_at.evaluation.report import (
     markdown_table,
@@ -28,6 +29,7 @@ from eroseg_at.evaluation.report import (
     write_markdown,
 )
 from eroseg_at.evaluation.results import ModelReport
+from eroseg_at.evaluation.suite import DATASET_REFERENCE
 
 LOGGER_MODES = ("offline", "online", "disabled")
 
@@ -40,6 +42,29 @@ class EvaluationResult:
     reports: list[ModelReport]
     files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+def settings_record(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config, resolved, for results.json and W&B.
+
+    Arguments that suite members take from the dataset config (``${dataset.ignore_index}``) are kept as that
+    text: the evaluated dataset supplies them (a checkpoint's dataset is not in this config).
+    """
+
+    def keep_dataset_references(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(DATASET_REFERENCE):
+            return "\\" + value
+        if isinstance(value, dict):
+            return {key: keep_dataset_references(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [keep_dataset_references(item) for item in value]
+        return value
+
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    escaped = {
+        key: value if key == "dataset" else keep_dataset_references(value) for key, value in raw.items()
+    }
+    return OmegaConf.to_container(OmegaConf.create(escaped), resolve=True)
 
 
 def write_figures(reports: list[ModelReport], output_dir: Path) -> list[Path]:
@@ -69,7 +94,7 @@ def log_to_wandb(cfg: DictConfig, reports: list[ModelReport], csv_path: Path, fi
         name=cfg.logger.name,
         tags=list(cfg.logger.tags),
         job_type="evaluate",
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=settings_record(cfg),
     )
     try:
         run.log(
@@ -101,14 +126,14 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     processes = start_processes(cfg, multirun=multirun)
     # Each process composed its own config; rank 0's directory (and so its cache) is the one of all.
     output_dir = Path(processes.broadcast(str(cfg.output_dir)))
-    cache = MemberCache(output_dir / "cache") if cfg.cache else None
+    cache = PassCache(output_dir / "cache") if cfg.cache else None
     reports = evaluate_models(cfg, processes, cache)
     if not processes.is_main:
         return EvaluationResult(output_dir, [], {}, time.perf_counter() - started)
     output_dir.mkdir(parents=True, exist_ok=True)
     files = {name: output_dir / name for name in ("results.json", "results.csv", "results.md")}
     figures = write_figures(reports, output_dir)
-    settings = OmegaConf.to_container(cfg, resolve=True)
+    settings = settings_record(cfg)
     write_json(
         results_document(reports, settings, processes.world_size, None if cache is None else cache.directory),
         files["results.json"],

@@ -21,6 +21,7 @@ from eroseg_at.checkpoint import (
     resolve_checkpoint_paths,
 )
 from eroseg_at.evaluation import evaluate
+from eroseg_at.evaluation.errors import PlanError
 from eroseg_at.evaluation.inference import FullResolutionModel
 from eroseg_at.training.runner import train
 from tests.conftest import REPO_ROOT, compose_train_config
@@ -142,7 +143,7 @@ def test_class_count_mismatch_is_refused(trained_run, tmp_path):
 
     path = save_modified(trained_run / "last.ckpt", tmp_path / "five.ckpt", five_classes)
     cfg = compose_evaluate_config([f"ckpt_path={path}", "suite=quick", *SMALL], tmp_path / "out")
-    with pytest.raises(CheckpointError, match=r"five\.ckpt.*predicts 5 classes but dataset 'shapes' has 7"):
+    with pytest.raises(PlanError, match=r"five\.ckpt.*predicts 5 classes but dataset 'shapes' has 7"):
         evaluate(cfg)
 
 

@@ -11,7 +11,8 @@ import torch
 
 from eroseg_at.evaluation import evaluate
 from eroseg_at.evaluation.distributed import Processes
-from eroseg_at.evaluation.evaluator import Evaluator, evaluate_models
+from eroseg_at.evaluation.passes import PassRunner
+from eroseg_at.evaluation.pipeline import evaluate_models
 from tests.evaluation.conftest import compose_evaluate_config
 
 # Two batches of two 32x32 images, the clean pass and a 1-step PGD and SegPGD (random starts) at one budget:
@@ -52,15 +53,15 @@ def counted(monkeypatch):
     """The (pass, batch) of every batch computed, and a way to make the n-th computed batch fail."""
     calls: list[tuple[str, int]] = []
     fail_at = {"call": None}
-    compute = Evaluator.batch_statistics
+    compute = PassRunner.batch
 
-    def counting(self, model, data, item, index, images, labels):
+    def counting(self, model, producer, index, images, labels):
         if fail_at["call"] is not None and len(calls) == fail_at["call"]:
             raise KeyboardInterrupt("killed")
-        calls.append((item.name, index))
-        return compute(self, model, data, item, index, images, labels)
+        calls.append((producer.name, index))
+        return compute(self, model, producer, index, images, labels)
 
-    monkeypatch.setattr(Evaluator, "batch_statistics", counting)
+    monkeypatch.setattr(PassRunner, "batch", counting)
     return calls, fail_at
 
 

@@ -17,8 +17,8 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from eroseg_at.attacks import available_attacks, build_attack
 from eroseg_at.configs import build
 from eroseg_at.evaluation import evaluate
+from eroseg_at.evaluation.api import evaluate_model
 from eroseg_at.evaluation.data import from_datamodule
-from eroseg_at.evaluation.evaluator import evaluate_model
 from eroseg_at.models.adapter import IMAGENET_MEAN, IMAGENET_STD
 from eroseg_at.models.sources import huggingface_model, smp_model, torchscript_model, torchvision_model
 from eroseg_at.training import train
