@@ -5,7 +5,7 @@ is cached under the SHA-256 of its :class:`PassKey`. The key holds the model as 
 model spec, the normalisation actually applied, the input divisor), how it runs (precision, compile,
 full-resolution inference, device type), the data (a digest of the evaluated images' and labels' contents,
 batch by batch, the evaluation transforms, the label space), the pass (its attack class, every parameter as
-built, eps, steps), the seed, and the code (the package's sources, torch's version, the cache format). A rerun
+built, eps, steps, its random stream), the seed, and the code (the package's sources, torch's version, the cache format). A rerun
 in the same directory therefore gives what a fresh directory gives, for any change of settings; the number of
 processes is not in the key, as it changes no result.
 """
@@ -108,6 +108,7 @@ class PassIdentity:
 
     Attributes:
         kind: ``clean``, ``attack``, ``iterations``, or an extra pass's own kind.
+        stream: The pass's random stream (the suite key and budget of a run): with the seed, it seeds each batch.
         attack: The attack's class (module and name); None for a pass without one.
         parameters: Every attribute of the attack as built (dataset-supplied ones included), but eps and steps.
         eps: The budget; None without an attack.
@@ -115,6 +116,7 @@ class PassIdentity:
     """
 
     kind: str
+    stream: tuple[str, ...]
     attack: str | None = None
     parameters: Mapping[str, Any] | None = None
     eps: float | None = None

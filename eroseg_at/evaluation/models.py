@@ -34,8 +34,10 @@ from eroseg_at.models.adapter import channel_tensor
 # builds the architecture without them and needs neither the files nor the network.
 INITIAL_WEIGHT_KEYS = ("weights", "encoder_weights", "encoder_weights_path")
 NORMALIZATION_KEYS = ("mean", "std")
-# Keys whose effect the model identity records as applied (read from the built model), not as configured.
-APPLIED_KEYS = (*NORMALIZATION_KEYS, "input_divisor")
+# Model-config keys the identity records otherwise: normalisation and divisor as the built model applies them, and
+# the files the model is read from (``path``, ``weights``) by the digest of their contents, so a moved file is the
+# same model.
+KEYED_ELSEWHERE = (*NORMALIZATION_KEYS, "input_divisor", "path", *INITIAL_WEIGHT_KEYS)
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,8 @@ class ModelToEvaluate:
         sha256: Hex SHA-256 of its weights (the checkpoint or weights file, or the state dict).
         method: The report's row name: the training method's label, or the source of a user's model.
         build: Returns the model (images in [0, 1] to logits, ``num_classes``, ``input_divisor``).
-        spec: The resolved model config as it is built (without :data:`APPLIED_KEYS` and initial weights), for
-            the cache key; a model given in memory: its class.
+        spec: The resolved model config as it is built (without :data:`KEYED_ELSEWHERE`), for the cache key; a
+            model given in memory: its class.
         dataset: The config of the dataset it is evaluated on; None for data given in Python.
         weights: A state dict loaded into the built model once its classes are checked (a checkpoint's).
         normalization: ``mean``/``std`` given by the evaluation, written over the loaded weights' buffers.
@@ -156,7 +158,7 @@ def model_identity(entry: ModelToEvaluate, model: nn.Module) -> ModelIdentity:
         else {
             key: value
             for key, value in asdict(info).items()
-            if key not in ("sha256", "normalization", *NORMALIZATION_KEYS)
+            if key not in ("path", "sha256", "normalization", *NORMALIZATION_KEYS)
         }
     )
     return ModelIdentity(
@@ -168,8 +170,8 @@ def model_identity(entry: ModelToEvaluate, model: nn.Module) -> ModelIdentity:
 
 
 def built_spec(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A model config without the keys the identity records as applied, or that never reach the model."""
-    return {key: value for key, value in config.items() if key not in (*APPLIED_KEYS, *INITIAL_WEIGHT_KEYS)}
+    """A model config without the keys the identity records otherwise (:data:`KEYED_ELSEWHERE`)."""
+    return {key: value for key, value in config.items() if key not in KEYED_ELSEWHERE}
 
 
 def checkpoint_to_evaluate(path: Path, cfg: DictConfig) -> ModelToEvaluate:

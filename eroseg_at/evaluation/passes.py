@@ -79,7 +79,7 @@ class CleanPass:
     ignore_index: int
     name: str = "clean"
     stream: tuple[str, ...] = ("clean", "0")
-    identity: PassIdentity = PassIdentity("clean")
+    identity: PassIdentity = PassIdentity("clean", ("clean", "0"))
     evaluations_per_image: int = 1
     batch_limit: int | None = None
 
@@ -87,12 +87,12 @@ class CleanPass:
         return per_image_statistics(predicted(model, images), labels, self.num_classes, self.ignore_index)
 
 
-def attack_identity(kind: str, attack: Attack) -> PassIdentity:
-    """The identity of a pass of ``attack``: its class, every parameter as built, eps and steps."""
+def attack_identity(kind: str, stream: tuple[str, ...], attack: Attack) -> PassIdentity:
+    """The identity of a pass of ``attack``: its random stream, class, every parameter as built, eps and steps."""
     parameters = {key: value for key, value in vars(attack).items() if key not in ("eps", "steps")}
     cls = type(attack)
     return PassIdentity(
-        kind, f"{cls.__module__}.{cls.__qualname__}", json_value(parameters), attack.eps, attack.steps
+        kind, stream, f"{cls.__module__}.{cls.__qualname__}", json_value(parameters), attack.eps, attack.steps
     )
 
 
@@ -116,7 +116,7 @@ class AttackPass:
 
     @property
     def identity(self) -> PassIdentity:
-        return attack_identity(self.run.kind, self.attack)
+        return attack_identity(self.run.kind, self.stream, self.attack)
 
     @property
     def evaluations_per_image(self) -> int:

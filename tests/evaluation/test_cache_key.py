@@ -1,0 +1,336 @@
+"""The cache key covers everything that changes a number: each field changed in turn recomputes the passes it
+changes, and the rerun in the same directory equals a fresh run; each field of the key changes its digest."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from eroseg_at.checkpoint import load_checkpoint
+from eroseg_at.evaluation import evaluate, pipeline
+from eroseg_at.evaluation.keys import DataIdentity, Execution, ModelIdentity, PassIdentity, PassKey
+from eroseg_at.evaluation.passes import PassRunner
+from tests.evaluation.conftest import compose_evaluate_config
+from tests.evaluation.test_resume import scores
+from tests.models.conftest import JIT_DEPRECATION
+
+pytestmark = pytest.mark.filterwarnings(JIT_DEPRECATION)
+
+# ------------------------------------------------------------------------------- each field changes the digest
+BASE = PassKey(
+    model=ModelIdentity("weights", {"config": {"name": "unet"}}, ((0.5, 0.5, 0.5), (0.2, 0.2, 0.2)), 16),
+    data=DataIdentity("content", {"transform": []}, {"num_classes": 3, "ignore_index": 255}),
+    execution=Execution("32", {"enabled": False}, {"pad_mode": "constant"}, "cpu"),
+    member=PassIdentity(
+        "attack", ("pgd3", "8/255"), "eroseg_at.attacks.pgd.PGD", {"alpha": 0.01}, 8 / 255, 3
+    ),
+    seed=0,
+    code="code",
+)
+# Every leaf of the key, as docs/EVALUATION.md lists them.
+FIELDS = (
+    "model.weights",
+    "model.spec",
+    "model.normalization",
+    "model.input_divisor",
+    "data.content",
+    "data.transforms",
+    "data.labels",
+    "execution.precision",
+    "execution.compile",
+    "execution.inference",
+    "execution.device",
+    "member.kind",
+    "member.stream",
+    "member.attack",
+    "member.parameters",
+    "member.eps",
+    "member.steps",
+    "seed",
+    "code",
+)
+
+
+def leaves(record, prefix: str = "") -> list[str]:
+    names = []
+    for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
+        path = f"{prefix}{field.name}"
+        names += leaves(value, f"{path}.") if dataclasses.is_dataclass(value) else [path]
+    return names
+
+
+def changed(record, path: str):
+    """``record`` with the leaf at ``path`` given another value of its kind."""
+    head, _, rest = path.partition(".")
+    value = getattr(record, head)
+    if rest:
+        return dataclasses.replace(record, **{head: changed(value, rest)})
+    if isinstance(value, dict):
+        other = {**value, "changed": True}
+    elif isinstance(value, tuple):
+        other = (*value, "changed")
+    else:
+        other = value + type(value)(1) if isinstance(value, (int, float)) else f"{value} changed"
+    return dataclasses.replace(record, **{head: other})
+
+
+def test_the_key_has_the_documented_fields():
+    assert tuple(leaves(BASE)) == FIELDS
+
+
+@pytest.mark.parametrize("path", FIELDS)
+def test_each_field_of_the_key_changes_its_digest(path):
+    assert changed(BASE, path).digest != BASE.digest
+    assert changed(BASE, path).text != BASE.text
+
+
+# --------------------------------------------------- end to end: a changed setting recomputes, rerun equals fresh
+CLASSES = 3
+SIZE = 32
+
+
+class Stripes(nn.Module):
+    """A per-pixel classifier (one 1x1 convolution), traced to TorchScript: a model file without an SMP build."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, CLASSES, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def save_traced(path: Path, seed: int) -> Path:
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(Stripes(seed).eval(), torch.rand(1, 3, SIZE, SIZE)), path)
+    return path
+
+
+def write_folder(root: Path, images: int = 4) -> Path:
+    """A folder dataset of random images with 3-class stripes, all listed for validation."""
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    mask = np.repeat(np.arange(CLASSES, dtype=np.uint8), -(-SIZE // CLASSES))[:SIZE][None].repeat(SIZE, 0)
+    for index in range(images):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
+            root / "images" / f"{index}.png"
+        )
+        Image.fromarray(mask).save(root / "masks" / f"{index}.png")
+    for split in ("train", "val"):
+        (root / f"{split}.txt").write_text("".join(f"{index}\n" for index in range(images)))
+    return root
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The files and settings of one evaluation, and its finished run."""
+
+    settings: tuple[str, ...]
+    finished: Path
+
+
+# One 1-step PGD at one budget, the clean pass, no curve, no figures: two passes of two batches of two images.
+SUITE = (
+    "suite=quick",
+    "eps=[8/255]",
+    "~suite.attacks.segpgd3",
+    "~suite.attacks.eroseg3",
+    "suite.attacks.pgd3.steps=1",
+    "suite.iterations=null",
+    "example_images=0",
+    "device=cpu",
+)
+
+
+def folder_settings(root: Path, model: Path) -> tuple[str, ...]:
+    return (
+        "model=torchscript",
+        f"model.path={model}",
+        "dataset=folder",
+        f"dataset.root={root}",
+        f"dataset.num_classes={CLASSES}",
+        "dataset.num_workers=0",
+        "dataset.val_batch_size=2",
+        "dataset.train_source.split_list=train.txt",
+        "dataset.val_source.split_list=val.txt",
+        f"dataset.stats_cache_dir={root.parent / 'stats'}",
+        *SUITE,
+    )
+
+
+@pytest.fixture(scope="module")
+def torchscript_on_folder(tmp_path_factory) -> Setup:
+    """A TorchScript model on a folder dataset, evaluated once (its output directory holds the cache)."""
+    base = tmp_path_factory.mktemp("folder_setup")
+    settings = folder_settings(write_folder(base / "data"), save_traced(base / "model.pt", 0))
+    evaluate(compose_evaluate_config(list(settings), base / "finished"))
+    return Setup(settings, base / "finished")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained_run, tmp_path_factory) -> Setup:
+    """The session's trained checkpoint on two 32x32 shapes images, evaluated once."""
+    base = tmp_path_factory.mktemp("checkpoint_setup")
+    settings = (
+        f"ckpt_path={trained_run / 'last.ckpt'}",
+        "+dataset.val_source.image_size=[32,32]",
+        "+dataset.val_batch_size=2",
+        "max_batches=1",
+        *SUITE,
+    )
+    evaluate(compose_evaluate_config(list(settings), base / "finished"))
+    return Setup(settings, base / "finished")
+
+
+def replace_an_image(setup: Setup, directory: Path) -> tuple[str, ...]:
+    """The dataset copied, and one validation image replaced under its own name."""
+    root = next(Path(s.split("=", 1)[1]) for s in setup.settings if s.startswith("dataset.root="))
+    copy = shutil.copytree(root, directory / "data")
+    Image.fromarray(np.full((SIZE, SIZE, 3), 200, dtype=np.uint8)).save(copy / "images" / "2.png")
+    return (f"dataset.root={copy}",)
+
+
+def other_weights(setup: Setup, directory: Path) -> tuple[str, ...]:
+    return (f"model.path={save_traced(directory / 'model.pt', 1)}",)
+
+
+def other_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "code_version", lambda: "another version of the code")
+
+
+def compile_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    # compile.enabled changes the key; the module itself need not be compiled to show that.
+    monkeypatch.setattr(torch, "compile", lambda module, **options: module)
+
+
+BOTH = ("clean", "PGD3 @8/255")
+ATTACK = ("PGD3 @8/255",)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A setting changed for a rerun, the key field it changes, and the passes it must recompute."""
+
+    field: str
+    setup: str
+    overrides: tuple[str, ...] = ()
+    files: Callable[[Setup, Path], tuple[str, ...]] | None = None
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None
+    recomputed: tuple[str, ...] = BOTH
+
+
+CHANGES = (
+    Change("model.weights", "torchscript_on_folder", files=other_weights),
+    Change("model.spec", "checkpoint", ("+model.architecture.decoder_atrous_rates=[4,8,12]",)),
+    Change("model.normalization", "checkpoint", ("+model.mean=[0.3,0.4,0.5]",)),
+    Change(
+        "model.normalization",
+        "torchscript_on_folder",
+        ("model.mean=[0.3,0.4,0.5]", "model.std=[0.2,0.2,0.2]"),
+    ),
+    Change("model.input_divisor", "torchscript_on_folder", ("model.input_divisor=2",)),
+    Change("data.content", "torchscript_on_folder", files=replace_an_image),
+    Change("data.transforms", "torchscript_on_folder", ("dataset.augment.val_resize=[24,24]",)),
+    Change("data.labels", "torchscript_on_folder", ("dataset.ignore_index=254",)),
+    Change("execution.precision", "torchscript_on_folder", ("precision=bf16",)),
+    Change("execution.compile", "torchscript_on_folder", ("compile.enabled=true",), patch=compile_eagerly),
+    Change("execution.inference", "torchscript_on_folder", ("inference.pad_mode=replicate",)),
+    Change(
+        "member.stream",
+        "torchscript_on_folder",
+        (
+            "~suite.attacks.pgd3",
+            "+attack@suite.attacks.pgd_renamed=pgd",
+            "suite.attacks.pgd_renamed.steps=1",
+            "+suite.attacks.pgd_renamed.label=PGD3",
+        ),
+        recomputed=ATTACK,
+    ),
+    Change(
+        "member.attack",
+        "torchscript_on_folder",
+        ("suite.attacks.pgd3._target_=eroseg_at.attacks.CosPGD",),
+        recomputed=ATTACK,
+    ),
+    Change(
+        "member.parameters", "torchscript_on_folder", ("suite.attacks.pgd3.alpha=0.02",), recomputed=ATTACK
+    ),
+    Change("member.eps", "torchscript_on_folder", ("eps=[4/255]",), recomputed=("PGD3 @4/255",)),
+    Change("member.steps", "torchscript_on_folder", ("suite.attacks.pgd3.steps=2",), recomputed=ATTACK),
+    Change("seed", "torchscript_on_folder", ("seed=1",), recomputed=BOTH),
+    Change("code", "torchscript_on_folder", patch=other_code),
+)
+
+
+@pytest.fixture
+def computed(monkeypatch) -> set[str]:
+    """The names of the passes of which this test computed a batch."""
+    names: set[str] = set()
+    compute = PassRunner.batch
+
+    def recording(self, model, producer, index, images, labels):
+        names.add(producer.name)
+        return compute(self, model, producer, index, images, labels)
+
+    monkeypatch.setattr(PassRunner, "batch", recording)
+    return names
+
+
+def test_every_field_that_a_setting_reaches_has_a_change():
+    assert {change.field for change in CHANGES} == set(FIELDS) - {"execution.device", "member.kind"}
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=[f"{c.field}-{c.setup}" for c in CHANGES])
+def test_a_changed_setting_recomputes_its_passes_and_the_rerun_equals_a_fresh_run(
+    change, request, tmp_path, monkeypatch, computed
+):
+    setup: Setup = request.getfixturevalue(change.setup)
+    computed.clear()  # the setup's own run, where this test is the first to ask for it
+    rerun_dir = shutil.copytree(setup.finished, tmp_path / "rerun")
+    overrides = change.files(setup, tmp_path) if change.files else ()
+    if change.patch is not None:
+        change.patch(monkeypatch)
+    settings = [*setup.settings, *change.overrides, *overrides]
+    rerun = evaluate(compose_evaluate_config(settings, rerun_dir))
+    assert computed == set(change.recomputed)
+    (report,) = rerun.reports
+    assert {
+        row.label if row.kind == "clean" else f"{row.label} @{row.eps_text}"
+        for row in report.rows
+        if not row.cached and row.kind != "worst_case"
+    } == set(change.recomputed)
+    fresh = evaluate(compose_evaluate_config([*settings, "cache=false"], tmp_path / "fresh"))
+    assert scores(rerun) == scores(fresh)
+
+
+def test_the_normalisation_given_for_a_checkpoint_is_the_one_applied(checkpoint, tmp_path):
+    # Its weights carry the training normalisation; the evaluation writes the given one over it, and says so.
+    result = evaluate(compose_evaluate_config([*checkpoint.settings, "+model.mean=[0.3,0.4,0.5]"], tmp_path))
+    (report,) = result.reports
+    assert report.source["mean"] == [0.3, 0.4, 0.5] and report.source["normalization"] == "given (evaluation)"
+    stored = load_checkpoint(Path(checkpoint.settings[0].split("=", 1)[1])).model_state["mean"]
+    assert stored.flatten().tolist() != pytest.approx([0.3, 0.4, 0.5])
+
+
+def test_what_changes_no_number_recomputes_nothing(torchscript_on_folder, tmp_path, computed):
+    rerun_dir = shutil.copytree(torchscript_on_folder.finished, tmp_path / "rerun")
+    # A column title, the report's figures and the number of data workers change no pass.
+    rerun = evaluate(
+        compose_evaluate_config(
+            [*torchscript_on_folder.settings, "suite.attacks.pgd3.label=PGD-one", "example_images=1"],
+            rerun_dir,
+        )
+    )
+    assert computed == set() and all(row.cached for row in rerun.reports[0].rows if row.kind != "worst_case")
