@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from eroseg_at.checkpoint import load_checkpoint
 from eroseg_at.evaluation import evaluate, pipeline
 from eroseg_at.evaluation.keys import DataIdentity, Execution, ModelIdentity, PassIdentity, PassKey
 from eroseg_at.evaluation.passes import PassRunner
-from tests.evaluation.conftest import compose_evaluate_config
+from tests.evaluation.conftest import SIZE, compose_evaluate_config, save_traced, write_folder
 from tests.evaluation.test_resume import scores
 from tests.models.conftest import JIT_DEPRECATION
 
@@ -95,44 +94,6 @@ def test_each_field_of_the_key_changes_its_digest(path):
 
 
 # --------------------------------------------------- end to end: a changed setting recomputes, rerun equals fresh
-CLASSES = 3
-SIZE = 32
-
-
-class Stripes(nn.Module):
-    """A per-pixel classifier (one 1x1 convolution), traced to TorchScript: a model file without an SMP build."""
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.conv = nn.Conv2d(3, CLASSES, 1)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-def save_traced(path: Path, seed: int) -> Path:
-    with torch.no_grad():
-        torch.jit.save(torch.jit.trace(Stripes(seed).eval(), torch.rand(1, 3, SIZE, SIZE)), path)
-    return path
-
-
-def write_folder(root: Path, images: int = 4) -> Path:
-    """A folder dataset of random images with 3-class stripes, all listed for validation."""
-    rng = np.random.default_rng(0)
-    for sub in ("images", "masks"):
-        (root / sub).mkdir(parents=True)
-    mask = np.repeat(np.arange(CLASSES, dtype=np.uint8), -(-SIZE // CLASSES))[:SIZE][None].repeat(SIZE, 0)
-    for index in range(images):
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
-            root / "images" / f"{index}.png"
-        )
-        Image.fromarray(mask).save(root / "masks" / f"{index}.png")
-    for split in ("train", "val"):
-        (root / f"{split}.txt").write_text("".join(f"{index}\n" for index in range(images)))
-    return root
-
-
 @dataclass(frozen=True)
 class Setup:
     """The files and settings of one evaluation, and its finished run."""
@@ -160,7 +121,7 @@ def folder_settings(root: Path, model: Path) -> tuple[str, ...]:
         f"model.path={model}",
         "dataset=folder",
         f"dataset.root={root}",
-        f"dataset.num_classes={CLASSES}",
+        "dataset.num_classes=3",
         "dataset.num_workers=0",
         "dataset.val_batch_size=2",
         "dataset.train_source.split_list=train.txt",
