@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from eroseg_at.evaluation.results import worst_case_rows
+from eroseg_at.evaluation.suite import AttackRun
 from eroseg_at.evaluation.worst_case import (
     dataset_miou,
     greedy_miou_choice,
@@ -123,3 +125,53 @@ def test_worst_case_is_never_above_any_single_member(seed):
 def test_greedy_choice_refuses_a_malformed_stack():
     with pytest.raises(ValueError, match=r"\[A, N, 3, C\]"):
         greedy_miou_choice(torch.zeros(3, 2, 2, dtype=torch.int64))
+
+
+def test_the_worst_case_row_reports_what_its_own_choices_score():
+    # Random members (the clean image among them) on 16 images: the mIoU choice and the accuracy choice differ,
+    # and the clean image is the worst of some images, so a row built from the wrong choice or without the clean
+    # member would not score what its own choices say.
+    labels, predictions = random_members(3, members=4, images=16, classes=5)
+    statistics = [per_image_statistics(p, labels, 5) for p in predictions]
+    runs = [
+        AttackRun(key, key.upper(), "attack", "pgd", "8/255", 8 / 255, {"steps": 1})
+        for key in ("a", "b", "c")
+    ]
+    attacked = {("8/255", run.key): stats for run, stats in zip(runs, statistics[1:], strict=True)}
+    (row,) = worst_case_rows(runs, ["a", "b", "c"], statistics[0], attacked, rounds=5)
+    choice = row.worst_case
+    assert choice.members == ("clean", "a", "b", "c")
+    stacked = torch.stack(statistics)
+    index = {name: position for position, name in enumerate(choice.members)}
+    by_miou = torch.tensor([index[name] for name in choice.miou_choice])
+    by_accuracy = torch.tensor([index[name] for name in choice.accuracy_choice])
+    assert not torch.equal(by_miou, by_accuracy), (
+        "the two choices must differ for this test to tell them apart"
+    )
+    assert "clean" in choice.accuracy_choice and "clean" in choice.miou_choice
+    chosen = scores_from_statistics(select(stacked, by_miou).sum(0))
+    assert row.miou == float(chosen.miou)
+    assert torch.equal(
+        torch.tensor(row.iou_per_class, dtype=torch.float64).nan_to_num(-1),
+        chosen.iou_per_class.nan_to_num(-1),
+    )
+    assert row.pixel_accuracy == float(pixel_accuracy(select(stacked, by_accuracy).sum(0)))
+    assert list(row.per_image_pixel_accuracy) == pixel_accuracy(select(stacked, by_accuracy)).tolist()
+    # And the choices are the worst case's own: never above any member.
+    for member in stacked:
+        assert row.miou <= dataset_miou(member.sum(0)) + 1e-12
+
+
+def test_the_worst_case_takes_accuracy_and_miou_from_different_choices():
+    # Image 0 (8 px of class 0, 2 of class 1): member a makes 4 class-0 pixels wrong (accuracy 0.6), member b the
+    # 2 class-1 pixels (accuracy 0.8, but class 1's IoU falls to 0). Image 1 (10 px of class 0) is right under all.
+    clean = torch.stack([statistics((0, 0, 8), (1, 1, 2)), statistics((0, 0, 10))])
+    a = torch.stack([statistics((0, 0, 4), (0, 1, 4), (1, 1, 2)), statistics((0, 0, 10))])
+    b = torch.stack([statistics((0, 0, 8), (1, 0, 2)), statistics((0, 0, 10))])
+    runs = [AttackRun(key, key, "attack", "pgd", "8/255", 8 / 255, {"steps": 1}) for key in ("a", "b")]
+    (row,) = worst_case_rows(runs, ["a", "b"], clean, {("8/255", "a"): a, ("8/255", "b"): b}, rounds=5)
+    # mIoU by hand: b on image 0 gives IoU0 = 18/20, IoU1 = 0 -> 0.45 (a: 14/18 and 2/6 -> 0.556).
+    assert row.worst_case.miou_choice[0] == "b" and row.miou == pytest.approx(0.45)
+    # Accuracy per image: a on image 0 (0.6); image 1 is right under every member (the first, clean, is kept).
+    assert row.worst_case.accuracy_choice == ("a", "clean")
+    assert row.per_image_pixel_accuracy == (0.6, 1.0) and row.pixel_accuracy == pytest.approx(16 / 20)
