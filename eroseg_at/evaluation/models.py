@@ -116,36 +116,34 @@ def set_normalization(
             buffer.copy_(channel_tensor(value, key).view_as(buffer))
     info = getattr(model, "source_info", None)
     if info is not None:
-        mean, std = applied_normalization(model)
-        model.source_info = replace(info, mean=mean, std=std, normalization="given (evaluation)")
+        given = {key: tuple(float(v) for v in value) for key, value in values.items()}
+        model.source_info = replace(info, **given, normalization="given (evaluation)")
 
 
 def applied_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``(mean, std)`` the model applies: its buffers, in the values its ``source_info`` gives where they agree
-    (the buffers hold them in float32); None where the model has neither."""
-    info = getattr(model, "source_info", None)
-    stated = (tuple(info.mean), tuple(info.std)) if info is not None and info.mean else None
+    """``(mean, std)`` the model applies: its normalisation buffers where it has them (else what its
+    ``source_info`` states); None where it has neither."""
     mean, std = getattr(model, "mean", None), getattr(model, "std", None)
-    if not isinstance(mean, torch.Tensor) or not isinstance(std, torch.Tensor):
-        return stated
-    buffers = (tuple(mean.flatten().tolist()), tuple(std.flatten().tolist()))
-    if stated is not None and all(
-        torch.equal(torch.tensor(values, dtype=buffer.dtype), buffer.flatten().cpu())
-        for values, buffer in zip(stated, (mean, std), strict=True)
-    ):
-        return stated
-    return buffers
+    if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor):
+        return tuple(mean.flatten().tolist()), tuple(std.flatten().tolist())
+    info = getattr(model, "source_info", None)
+    return (tuple(info.mean), tuple(info.std)) if info is not None and info.mean else None
 
 
 def source_record(model: nn.Module) -> dict[str, Any]:
-    """How the model was built and adapted, for the report, with the normalisation it applies."""
+    """How the model was built and adapted, for the report, with the normalisation it applies (as its
+    ``source_info`` states it, unless its buffers hold other values)."""
     info = getattr(model, "source_info", None)
     if info is None:
         return {"kind": "module", "name": type(model).__name__}
     record = asdict(info)
-    normalization = applied_normalization(model)
-    if normalization is not None:
-        record["mean"], record["std"] = (list(values) for values in normalization)
+    applied = applied_normalization(model)
+    stated = [torch.tensor(values, dtype=torch.float32) for values in (info.mean, info.std)]
+    if applied is not None and not all(
+        torch.equal(value, torch.tensor(buffer, dtype=torch.float32))
+        for value, buffer in zip(stated, applied, strict=True)
+    ):
+        record["mean"], record["std"], record["normalization"] = list(applied[0]), list(applied[1]), "stored"
     return record
 
 
@@ -181,13 +179,13 @@ def checkpoint_to_evaluate(path: Path, cfg: DictConfig) -> ModelToEvaluate:
         CheckpointError: Naming the file, when it cannot be loaded.
         EvaluationError: For a model option or an initial-weight key, which the checkpoint cannot honour.
     """
-    overrides = OmegaConf.to_container(cfg.model, resolve=True)
-    if "_target_" in overrides:
+    if "_target_" in cfg.model:
         raise EvaluationError(
-            f"ckpt_path={path} with a model option (model._target_={overrides['_target_']}): a checkpoint's model "
+            f"ckpt_path={path} with a model option (model._target_={cfg.model._target_}): a checkpoint's model "
             "comes from its stored config, so another model cannot apply; drop the model option and change keys "
             "with +model.<key>=..., or evaluate the model's own file with the model option alone"
         )
+    overrides = OmegaConf.to_container(cfg.model, resolve=True)
     ignored = {key: overrides[key] for key in INITIAL_WEIGHT_KEYS if overrides.get(key) is not None}
     if ignored:
         key, value = next(iter(ignored.items()))
