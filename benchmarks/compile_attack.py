@@ -61,7 +61,7 @@ def main() -> None:
             single_process(device),
         ),
     }
-    modules = {name: evaluator.prepare(network) for name, evaluator in runners.items()}
+    modules = {name: runner.prepare(network) for name, runner in runners.items()}
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch, args.size, args.size), device=device)
     attack = build_attack("pgd", eps="8/255", alpha=0.01, steps=args.steps)

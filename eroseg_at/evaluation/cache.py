@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from eroseg_at.errors import UserError
+
 if TYPE_CHECKING:
     from eroseg_at.evaluation.keys import PassKey
 
@@ -50,8 +52,8 @@ class PassResult:
     cached: bool = False
 
 
-class CacheError(RuntimeError):
-    """A cache file that cannot be read or holds another pass."""
+class CacheError(UserError, RuntimeError):
+    """A cache file that cannot be read or holds another pass; deleting it recomputes that pass."""
 
 
 def write_atomically(payload: dict[str, Any], path: Path) -> None:

@@ -21,6 +21,7 @@ from eroseg_at.data import SegmentationDataModule
 from eroseg_at.data.class_frequencies import default_cache_dir
 from eroseg_at.data.datamodule import bit_palette
 from eroseg_at.evaluation.digests import source_digests, tensor_digests
+from eroseg_at.evaluation.errors import EvaluationError
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class EvaluationData:
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.num_classes:
-            raise ValueError(
+            raise EvaluationError(
                 f"dataset {self.name}: {len(self.class_names)} class names for num_classes={self.num_classes}"
             )
 
@@ -75,7 +76,7 @@ class EvaluationData:
         )
 
     def _no_frequencies(self) -> Tensor:
-        raise ValueError(
+        raise EvaluationError(
             f"dataset {self.name} has no class frequencies, which APGD's mce_balanced loss with "
             "class_weighting=dataset needs: give EvaluationData(class_frequencies=...), the loss's class_weights, "
             "or class_weighting=image"

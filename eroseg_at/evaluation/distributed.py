@@ -20,6 +20,8 @@ from lightning.fabric import Fabric
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig
 
+from eroseg_at.evaluation.errors import EvaluationError
+
 T = TypeVar("T")
 
 
@@ -88,17 +90,17 @@ def accelerator_and_devices(device: str, processes_per_node: int) -> tuple[str, 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use device=cpu or auto")
+        raise EvaluationError(f"device={device!r} but CUDA is not available; use device=cpu or auto")
     if device == "cpu" or device == "cuda":
         return device, processes_per_node
     if device.startswith("cuda:") and device[5:].isdigit():
         if processes_per_node != 1:
-            raise ValueError(
+            raise EvaluationError(
                 f"device={device!r} names one GPU, but distributed.devices={processes_per_node}: use device=cuda "
                 "with several processes (each takes the GPU of its local rank)"
             )
         return "cuda", [int(device[5:])]
-    raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>, got {device!r}")
+    raise EvaluationError(f"device must be auto, cpu, cuda or cuda:<index>, got {device!r}")
 
 
 def started_elsewhere() -> int:
@@ -121,13 +123,13 @@ def start_processes(cfg: DictConfig, multirun: bool = False) -> Processes:
     """
     devices, nodes = int(cfg.distributed.devices), int(cfg.distributed.num_nodes)
     if devices < 1 or nodes < 1:
-        raise ValueError(
+        raise EvaluationError(
             f"distributed.devices={devices} and distributed.num_nodes={nodes} must be positive integers"
         )
     started = started_elsewhere()
     if devices * nodes == 1:
         if started > 1:
-            raise ValueError(
+            raise EvaluationError(
                 f"this process is one of {started} that torchrun or SLURM started, but distributed.devices x "
                 "distributed.num_nodes = 1: set distributed.devices=<processes per node> and "
                 "distributed.num_nodes=<nodes>, or every process would evaluate everything"
@@ -139,12 +141,12 @@ def start_processes(cfg: DictConfig, multirun: bool = False) -> Processes:
     try:
         fabric = Fabric(accelerator=accelerator, devices=device_ids, num_nodes=nodes, strategy="ddp")
     except (ValueError, RuntimeError) as error:
-        raise ValueError(
+        raise EvaluationError(
             f"distributed.devices={devices}, distributed.num_nodes={nodes}, device={cfg.device}: {error}"
         ) from error
     if multirun and not fabric.strategy.cluster_environment.creates_processes_externally:
         # Lightning's own launcher re-runs the command line per process, and in a sweep that re-runs the sweep.
-        raise ValueError(
+        raise EvaluationError(
             f"distributed.devices={devices} in a Hydra multirun needs processes started by a launcher: use "
             "hydra/launcher=slurm_evaluate (SLURM) or torchrun, not the basic launcher"
         )

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from eroseg_at.evaluation.errors import EvaluationError
+
 PAD_MODES = ("constant", "reflect", "replicate")
 
 
@@ -52,14 +54,14 @@ class FullResolutionModel(nn.Module):
     ) -> None:
         super().__init__()
         if pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+            raise EvaluationError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
         self.model = model
         self.pad_mode = pad_mode
         self.divisor = int(model.input_divisor)
         self.num_classes = model.num_classes
         self.window = self._check_size(window, "window")
         if stride is not None and self.window is None:
-            raise ValueError("stride is only used with a sliding window: set window=[h, w] too")
+            raise EvaluationError("stride is only used with a sliding window: set window=[h, w] too")
         if self.window is None:
             self.stride = None
         elif stride is None:
@@ -76,7 +78,7 @@ class FullResolutionModel(nn.Module):
             return None
         values = tuple(size)
         if len(values) != 2 or any(not isinstance(v, int) or v <= 0 or v % self.divisor for v in values):
-            raise ValueError(
+            raise EvaluationError(
                 f"{name} must be [h, w] of positive multiples of the model's input_divisor {self.divisor}, "
                 f"got {list(values)}"
             )
@@ -88,7 +90,7 @@ class FullResolutionModel(nn.Module):
         if pad_h == 0 and pad_w == 0:
             return images
         if self.pad_mode == "reflect" and (pad_h >= height or pad_w >= width):
-            raise ValueError(
+            raise EvaluationError(
                 f"reflect padding of a {height}x{width} image by {pad_h}x{pad_w} pixels is impossible "
                 "(padding must be smaller than the image); use pad_mode=constant or replicate"
             )

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eroseg_at.evaluation.cache import PassCache
 from eroseg_at.evaluation.distributed import start_processes
+from eroseg_at.evaluation.errors import EvaluationError
 from eroseg_at.evaluation.pipeline import evaluate_models
 from eroseg_at.evaluation.plots import example_grid, miou_vs_eps, miou_vs_iterations
 from eroseg_at.evaluation.report import (
@@ -80,7 +81,7 @@ def log_to_wandb(cfg: DictConfig, reports: list[ModelReport], csv_path: Path, fi
     """The results table and figures as one W&B run (offline by default), finished before returning."""
     mode = str(cfg.logger.mode)
     if mode not in LOGGER_MODES:
-        raise ValueError(f"logger.mode must be one of {LOGGER_MODES}, got {mode!r}")
+        raise EvaluationError(f"logger.mode must be one of {LOGGER_MODES}, got {mode!r}")
     if mode == "disabled":
         return
     import wandb
