@@ -27,7 +27,7 @@ from eroseg_at.configs import build
 from eroseg_at.evaluation.data import EvaluationData
 from eroseg_at.evaluation.errors import EvaluationError
 from eroseg_at.evaluation.keys import ModelIdentity
-from eroseg_at.models.adapter import channel_tensor
+from eroseg_at.models.adapter import SourceInfo, channel_tensor
 
 # Model-config keys that only initialise weights before training (a pretrained file, an encoder file, an SMP
 # tag that would download): a training checkpoint's own weights replace them, so evaluating the checkpoint
@@ -130,21 +130,20 @@ def applied_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[fl
     return (tuple(info.mean), tuple(info.std)) if info is not None and info.mean else None
 
 
-def source_record(model: nn.Module) -> dict[str, Any]:
+def applied_source(model: nn.Module) -> SourceInfo:
     """How the model was built and adapted, for the report, with the normalisation it applies (as its
-    ``source_info`` states it, unless its buffers hold other values)."""
+    ``source_info`` states it, unless its buffers hold other values); a plain module is named by its class."""
     info = getattr(model, "source_info", None)
     if info is None:
-        return {"kind": "module", "name": type(model).__name__}
-    record = asdict(info)
+        return SourceInfo("module", type(model).__name__)
     applied = applied_normalization(model)
     stated = [torch.tensor(values, dtype=torch.float32) for values in (info.mean, info.std)]
     if applied is not None and not all(
         torch.equal(value, torch.tensor(buffer, dtype=torch.float32))
         for value, buffer in zip(stated, applied, strict=True)
     ):
-        record["mean"], record["std"], record["normalization"] = list(applied[0]), list(applied[1]), "stored"
-    return record
+        return replace(info, mean=applied[0], std=applied[1], normalization="stored")
+    return info
 
 
 def model_identity(entry: ModelToEvaluate, model: nn.Module) -> ModelIdentity:

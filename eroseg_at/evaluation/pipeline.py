@@ -26,7 +26,7 @@ from eroseg_at.evaluation.errors import PlanError
 from eroseg_at.evaluation.example import example
 from eroseg_at.evaluation.inference import full_resolution
 from eroseg_at.evaluation.keys import DataIdentity, Execution, ModelIdentity, PassKey, code_version
-from eroseg_at.evaluation.models import ModelToEvaluate, model_identity, models_to_evaluate, source_record
+from eroseg_at.evaluation.models import ModelToEvaluate, applied_source, model_identity, models_to_evaluate
 from eroseg_at.evaluation.passes import AttackPass, CleanPass, PassProducer, PassRunner, PlannedPass
 from eroseg_at.evaluation.results import (
     AttackDescription,
@@ -183,7 +183,7 @@ def evaluate_plan(
         image_names=tuple(data.image_name(index) for index in range(clean.statistics.shape[0])),
         rows=tuple(rows),
         training=entry.training,
-        source=source_record(network),
+        source=applied_source(network),
         example=example(runner, model, data, plan.runs, rows, runner.settings.example_images),
         training_method=entry.training_method,
     )

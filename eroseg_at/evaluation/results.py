@@ -20,6 +20,7 @@ from eroseg_at.evaluation.cache import PassResult
 from eroseg_at.evaluation.keys import json_value
 from eroseg_at.evaluation.suite import AttackRun
 from eroseg_at.evaluation.worst_case import pixel_accuracy, scores_from_statistics, select, worst_case
+from eroseg_at.models.adapter import SourceInfo
 
 # clean: no attack; attack: a suite attack at a budget (a worst-case member); iterations: a point of the
 # attack-strength curve; worst_case: the per-image worst case over the members at a budget.
@@ -310,7 +311,7 @@ class ModelReport:
         image_names: The evaluated images in the order of every per-image list.
         rows: The results, clean first.
         training: The training run's config, where the model comes from a training checkpoint.
-        source: How the model was built and adapted (source kind, files, normalisation).
+        source: How the model was built and adapted (source kind, file, digest, adapter, normalisation applied).
         example: The example grid's images, or None.
         training_method: How a training checkpoint's model was trained (its record, or its config's account).
     """
@@ -326,7 +327,7 @@ class ModelReport:
     image_names: tuple[str, ...]
     rows: tuple[ResultRow, ...]
     training: Mapping[str, Any] | None = None
-    source: Mapping[str, Any] = field(default_factory=dict)
+    source: SourceInfo | None = None
     example: Example | None = None
     training_method: TrainingMethod | None = None
 
@@ -369,7 +370,7 @@ class ModelReport:
             "class_names": list(self.class_names),
             "num_images": self.num_images,
             "images": list(self.image_names),
-            "source": dict(self.source),
+            "source": None if self.source is None else asdict(self.source),
             "training_config": self.training,
             "training_method": None if self.training_method is None else self.training_method.to_record(),
             "results": [row.to_json() for row in self.rows],

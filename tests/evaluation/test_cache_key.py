@@ -281,10 +281,7 @@ def test_the_normalisation_given_for_a_checkpoint_is_the_one_applied(checkpoint,
     # Its weights carry the training normalisation; the evaluation writes the given one over it, and says so.
     result = evaluate(compose_evaluate_config([*checkpoint.settings, "+model.mean=[0.3,0.4,0.5]"], tmp_path))
     (report,) = result.reports
-    assert (
-        tuple(report.source["mean"]) == (0.3, 0.4, 0.5)
-        and report.source["normalization"] == "given (evaluation)"
-    )
+    assert report.source.mean == (0.3, 0.4, 0.5) and report.source.normalization == "given (evaluation)"
     stored = load_checkpoint(Path(checkpoint.settings[0].split("=", 1)[1])).model_state["mean"]
     assert stored.flatten().tolist() != pytest.approx([0.3, 0.4, 0.5])
 

@@ -97,7 +97,7 @@ def test_clean_miou_of_every_source_equals_an_independent_computation(source, sh
     report = evaluate_model(model.eval(), shapes_data, "quick", ["eps=[4/255]", "suite.iterations=null"])
     expected = independent_miou(saved.network.eval(), shapes_data, mean, std)
     assert report.row("clean").miou == pytest.approx(expected, abs=1e-6)
-    assert report.source["kind"] == model.source_info.kind and report.sha256 == model.source_info.sha256
+    assert report.source.kind == model.source_info.kind and report.sha256 == model.source_info.sha256
     # The worst case (over PGD3, SegPGD3, EroSeg3 and clean) never exceeds clean.
     assert report.row("worst_case").miou <= report.row("clean").miou + 1e-9
 
