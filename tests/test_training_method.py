@@ -16,7 +16,7 @@ from eroseg_at.training.callbacks import training_method
 from eroseg_at.training.module import AdversarialTraining
 from eroseg_at.training.runner import train
 from tests.conftest import compose_train_config
-from tests.evaluation.conftest import compose_evaluate_config
+from tests.evaluation.conftest import ONE_STEP_PGD, compose_evaluate_config
 
 EPS = 8 / 255
 
@@ -141,16 +141,7 @@ def test_amortised_checkpoints_carry_their_true_method(tmp_path, overrides, labe
     assert TrainingMethod(**stored).label == label
     assert load_checkpoint(result.last_checkpoint).method.label == label
     # The evaluation reports it under that label.
-    evaluation = [
-        f"ckpt_path={result.last_checkpoint}",
-        "suite=quick",
-        "eps=[8/255]",
-        "~suite.attacks.segpgd3",
-        "~suite.attacks.eroseg3",
-        "suite.attacks.pgd3.steps=1",
-        "suite.iterations=null",
-        "example_images=0",
-    ]
+    evaluation = [f"ckpt_path={result.last_checkpoint}", *ONE_STEP_PGD]
     (report,) = evaluate(compose_evaluate_config(evaluation, tmp_path / "evaluation")).reports
     assert report.method == label and report.training_method.mode == overrides[1].split("=")[1]
     assert f"| {label} |" in (tmp_path / "evaluation" / "results.md").read_text()

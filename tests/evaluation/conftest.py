@@ -17,6 +17,17 @@ from eroseg_at.configs import compose_config
 from eroseg_at.training.runner import train
 from tests.conftest import TINY_SHAPES, compose_train_config
 
+# The cheapest suite with an attack: the clean pass and a 1-step PGD at one budget, no curve, no example grid.
+ONE_STEP_PGD = (
+    "suite=quick",
+    "eps=[8/255]",
+    "~suite.attacks.segpgd3",
+    "~suite.attacks.eroseg3",
+    "suite.attacks.pgd3.steps=1",
+    "suite.iterations=null",
+    "example_images=0",
+)
+
 
 def compose_evaluate_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
     """``conf/evaluate.yaml`` with ``overrides`` as ``python evaluate.py`` sees it, W&B disabled."""
@@ -74,3 +85,19 @@ def write_folder(root: Path, images: int = 4, order: Sequence[int] | None = None
     (root / "train.txt").write_text("".join(f"{index}\n" for index in range(images)))
     (root / "val.txt").write_text("".join(f"{index}\n" for index in order or range(images)))
     return root
+
+
+def folder_settings(root: Path, model: Path) -> tuple[str, ...]:
+    """A TorchScript model file on a folder dataset (:func:`write_folder`), in batches of two."""
+    return (
+        "model=torchscript",
+        f"model.path={model}",
+        "dataset=folder",
+        f"dataset.root={root}",
+        f"dataset.num_classes={CLASSES}",
+        "dataset.num_workers=0",
+        "dataset.val_batch_size=2",
+        "dataset.train_source.split_list=train.txt",
+        "dataset.val_source.split_list=val.txt",
+        f"dataset.stats_cache_dir={root.parent / 'stats'}",
+    )

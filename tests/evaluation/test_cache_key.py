@@ -18,7 +18,14 @@ from eroseg_at.checkpoint import load_checkpoint
 from eroseg_at.evaluation import evaluate, pipeline
 from eroseg_at.evaluation.keys import DataIdentity, Execution, ModelIdentity, PassIdentity, PassKey
 from eroseg_at.evaluation.passes import PassRunner
-from tests.evaluation.conftest import SIZE, compose_evaluate_config, save_traced, write_folder
+from tests.evaluation.conftest import (
+    ONE_STEP_PGD,
+    SIZE,
+    compose_evaluate_config,
+    folder_settings,
+    save_traced,
+    write_folder,
+)
 from tests.evaluation.test_resume import scores
 from tests.models.conftest import JIT_DEPRECATION
 
@@ -102,40 +109,14 @@ class Setup:
     finished: Path
 
 
-# One 1-step PGD at one budget, the clean pass, no curve, no figures: two passes of two batches of two images.
-SUITE = (
-    "suite=quick",
-    "eps=[8/255]",
-    "~suite.attacks.segpgd3",
-    "~suite.attacks.eroseg3",
-    "suite.attacks.pgd3.steps=1",
-    "suite.iterations=null",
-    "example_images=0",
-    "device=cpu",
-)
-
-
-def folder_settings(root: Path, model: Path) -> tuple[str, ...]:
-    return (
-        "model=torchscript",
-        f"model.path={model}",
-        "dataset=folder",
-        f"dataset.root={root}",
-        "dataset.num_classes=3",
-        "dataset.num_workers=0",
-        "dataset.val_batch_size=2",
-        "dataset.train_source.split_list=train.txt",
-        "dataset.val_source.split_list=val.txt",
-        f"dataset.stats_cache_dir={root.parent / 'stats'}",
-        *SUITE,
-    )
+SUITE = (*ONE_STEP_PGD, "device=cpu")
 
 
 @pytest.fixture(scope="module")
 def torchscript_on_folder(tmp_path_factory) -> Setup:
     """A TorchScript model on a folder dataset, evaluated once (its output directory holds the cache)."""
     base = tmp_path_factory.mktemp("folder_setup")
-    settings = folder_settings(write_folder(base / "data"), save_traced(base / "model.pt", 0))
+    settings = (*folder_settings(write_folder(base / "data"), save_traced(base / "model.pt", 0)), *SUITE)
     evaluate(compose_evaluate_config(list(settings), base / "finished"))
     return Setup(settings, base / "finished")
 
@@ -301,7 +282,7 @@ def test_what_changes_no_number_recomputes_nothing(torchscript_on_folder, tmp_pa
 def test_images_replaced_in_place_under_their_names_are_recomputed(tmp_path, computed):
     # The review's case: two validation images replaced, same names, same directory.
     root = write_folder(tmp_path / "data")
-    settings = folder_settings(root, save_traced(tmp_path / "model.pt", 0))
+    settings = (*folder_settings(root, save_traced(tmp_path / "model.pt", 0)), *SUITE)
     evaluate(compose_evaluate_config(list(settings), tmp_path / "run"))
     for name in ("1.png", "2.png"):
         replace_image(root, name)

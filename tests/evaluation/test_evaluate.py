@@ -25,7 +25,7 @@ from eroseg_at.evaluation.errors import PlanError
 from eroseg_at.evaluation.inference import FullResolutionModel
 from eroseg_at.training.runner import train
 from tests.conftest import REPO_ROOT, compose_train_config
-from tests.evaluation.conftest import compose_evaluate_config
+from tests.evaluation.conftest import ONE_STEP_PGD, compose_evaluate_config
 
 # One batch of four 64x64 images keeps a suite of a few 3-step attacks within seconds.
 SMALL = ("max_batches=1", "+dataset.val_batch_size=4", "example_images=2")
@@ -189,16 +189,7 @@ def test_glob_matching_nothing_is_refused(tmp_path):
 
 
 # One 1-step PGD at one budget, no curve and no example grid: the cheapest complete report.
-MINIMAL = (
-    *SMALL,
-    "suite=quick",
-    "eps=[8/255]",
-    "~suite.attacks.segpgd3",
-    "~suite.attacks.eroseg3",
-    "suite.attacks.pgd3.steps=1",
-    "suite.iterations=null",
-    "example_images=0",
-)
+MINIMAL = (*SMALL, *ONE_STEP_PGD)
 
 
 def test_a_glob_of_several_checkpoints_gives_one_row_each(trained_run, tmp_path):

@@ -23,7 +23,7 @@ from eroseg_at.evaluation.passes import AttackPass, PassRunner
 from eroseg_at.evaluation.results import AttackDescription, attack_row
 from eroseg_at.evaluation.settings import EvaluationSettings
 from eroseg_at.evaluation.suite import AttackRun
-from tests.evaluation.conftest import compose_evaluate_config, save_traced, write_folder
+from tests.evaluation.conftest import compose_evaluate_config, folder_settings, save_traced, write_folder
 from tests.evaluation.test_resume import TwoProcessesInOne
 from tests.models.conftest import JIT_DEPRECATION
 
@@ -209,15 +209,7 @@ def test_per_image_lists_of_a_report_follow_its_image_names_in_any_batch_order(t
     for name, order in (("forward", [0, 1, 2, 3]), ("shuffled", [3, 1, 0, 2])):
         root = write_folder(tmp_path / name, order=order)
         settings = [
-            "model=torchscript",
-            f"model.path={tmp_path / 'model.pt'}",
-            "dataset=folder",
-            f"dataset.root={root}",
-            "dataset.num_classes=3",
-            "dataset.num_workers=0",
-            "dataset.val_batch_size=2",
-            "dataset.train_source.split_list=train.txt",
-            "dataset.val_source.split_list=val.txt",
+            *folder_settings(root, tmp_path / "model.pt"),
             "suite=strength",
             "suite.iterations=null",
             "example_images=0",

@@ -11,19 +11,16 @@ from eroseg_at.evaluation.errors import EvaluationError, PlanError
 from eroseg_at.evaluation.models import set_normalization
 from eroseg_at.evaluation.passes import PassRunner
 from tests.data.data_layouts import label_blocks, write_voc
-from tests.evaluation.conftest import compose_evaluate_config, save_traced, write_folder
+from tests.evaluation.conftest import (
+    ONE_STEP_PGD,
+    compose_evaluate_config,
+    folder_settings,
+    save_traced,
+    write_folder,
+)
 from tests.models.conftest import JIT_DEPRECATION
 
-MINIMAL = (
-    "suite=quick",
-    "eps=[8/255]",
-    "~suite.attacks.segpgd3",
-    "~suite.attacks.eroseg3",
-    "suite.attacks.pgd3.steps=1",
-    "suite.iterations=null",
-    "example_images=0",
-    "device=cpu",
-)
+MINIMAL = (*ONE_STEP_PGD, "device=cpu")
 
 
 @pytest.fixture
@@ -41,15 +38,7 @@ def computed(monkeypatch) -> list:
 
 def folder_model(tmp_path, *extra: str) -> list[str]:
     return [
-        "model=torchscript",
-        f"model.path={save_traced(tmp_path / 'model.pt', 0)}",
-        "dataset=folder",
-        f"dataset.root={write_folder(tmp_path / 'data')}",
-        "dataset.num_classes=3",
-        "dataset.num_workers=0",
-        "dataset.val_batch_size=2",
-        "dataset.train_source.split_list=train.txt",
-        "dataset.val_source.split_list=val.txt",
+        *folder_settings(write_folder(tmp_path / "data"), save_traced(tmp_path / "model.pt", 0)),
         *MINIMAL,
         *extra,
     ]
