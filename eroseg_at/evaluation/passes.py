@@ -268,8 +268,11 @@ class PassRunner:
         todo = [batch for batch in planned.batches if batch not in planned.done]
         return todo[self.processes.rank :: self.processes.world_size]
 
-    def work(self, data: EvaluationData, passes: Sequence[PlannedPass]) -> float:
-        """Model evaluations left to this process (images x evaluations per image), for the ETA."""
+    def work(self, data: EvaluationData, passes: Sequence[PlannedPass]) -> float | None:
+        """Model evaluations left to this process (images x evaluations per image), for the ETA; None where the
+        loader's batches are not known beforehand."""
+        if data.batch_sizes is None:
+            return None
         return float(
             sum(
                 sum(data.batch_sizes[batch] for batch in self.share(planned))

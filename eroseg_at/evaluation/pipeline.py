@@ -223,7 +223,8 @@ def evaluate_entries(
             "the evaluation cannot run as planned (nothing was attacked):\n"
             + "\n".join(f"- {p}" for p in problems)
         )
-    work = sum(runner.work(plan.data, plan.passes) for plan in plans)
+    shares = [runner.work(plan.data, plan.passes) for plan in plans]
+    work = None if None in shares else sum(shares)
     # Rank 0 speaks for all: the others attack their shares at the same pace.
     stream = None if processes.is_main else io.StringIO()
     with Progress("evaluate", work, settings.progress_interval_s, stream=stream) as progress:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from eroseg_at.attacks import APGD, PGD
 from eroseg_at.evaluation import evaluate
+from eroseg_at.evaluation.api import evaluate_model
 from eroseg_at.evaluation.cache import PassCache
 from eroseg_at.evaluation.data import EvaluationData
 from eroseg_at.evaluation.distributed import single_process
@@ -23,7 +24,13 @@ from eroseg_at.evaluation.passes import AttackPass, PassRunner
 from eroseg_at.evaluation.results import AttackDescription, attack_row
 from eroseg_at.evaluation.settings import EvaluationSettings
 from eroseg_at.evaluation.suite import AttackRun
-from tests.evaluation.conftest import compose_evaluate_config, folder_settings, save_traced, write_folder
+from tests.evaluation.conftest import (
+    ONE_STEP_PGD,
+    compose_evaluate_config,
+    folder_settings,
+    save_traced,
+    write_folder,
+)
 from tests.evaluation.test_resume import TwoProcessesInOne
 from tests.models.conftest import JIT_DEPRECATION
 
@@ -232,3 +239,22 @@ def test_per_image_lists_of_a_report_follow_its_image_names_in_any_batch_order(t
             assert accuracy == pytest.approx(float((predicted == mask).double().mean()), abs=1e-12), path
             accuracies.setdefault(path.rsplit("/", 1)[-1], set()).add(accuracy)
     assert len({value for values in accuracies.values() for value in values}) == 4, "the images must differ"
+
+
+class PixelClassifier(nn.Conv2d):
+    """A 1x1 convolution behind the model contract."""
+
+    num_classes = 2
+    input_divisor = 1
+
+    def __init__(self) -> None:
+        super().__init__(3, 2, 1)
+
+
+def test_the_python_api_takes_a_plain_loader_of_unknown_batches():
+    images = torch.rand(5, 3, 8, 8)
+    loader = [(part, torch.randint(0, 2, (part.shape[0], 8, 8))) for part in images.split(2)]
+    data = EvaluationData(name="toy", loader=loader, num_classes=2, class_names=("a", "b"))
+    report = evaluate_model(PixelClassifier(), data, "quick", [*ONE_STEP_PGD[1:], "device=cpu"])
+    assert report.num_images == 5 and report.row("attack", "pgd3").iterations_run == 1
+    assert report.source.kind == "module" and report.method == "PixelClassifier"
