@@ -108,7 +108,7 @@ class PackagedEncoderWeights:
         }
         own = encoder.state_dict()
         expected = {key for key in own if not key.endswith(STEP_COUNTER)}
-        check_keys(expected - set(state), set(state) - expected, self.name, f"the encoder {encoder_name}")
+        check_keys(expected - set(state), set(state) - expected, self.name, f"{encoder_name} (encoder)")
         # The fresh encoder's own counters complete the state dict, so the load itself stays strict.
         encoder.load_state_dict({**{k: v for k, v in own.items() if k.endswith(STEP_COUNTER)}, **state})
 
