@@ -103,14 +103,25 @@ def test_the_option_normalises_as_the_weights_were_trained():
     assert tuple(model.mean) == pytest.approx(cfg.mean) and tuple(model.std) == pytest.approx(cfg.std)
 
 
-@pytest.mark.parametrize("size", [32, 48, 64, 96])
-def test_the_option_predicts_at_every_size_its_divisor_allows(size):
-    model = build_model(
+@pytest.fixture(scope="module")
+def option_without_weights():
+    return build_model(
         "deeplabv3plus", NUM_CLASSES, encoder=LITE0.encoder, architecture=option_config().architecture
-    )
-    assert model.input_divisor == 16
+    ).eval()
+
+
+@pytest.mark.parametrize("size", [32, 48, 64, 96])
+def test_the_option_predicts_at_every_size_its_divisor_allows(option_without_weights, size):
+    # Output stride 16 (the last stages dilated): crops of any multiple of 16, so of 32 too.
+    assert option_without_weights.input_divisor == 16
     with torch.no_grad():
-        assert model.eval()(torch.rand(1, 3, size, size)).shape == (1, NUM_CLASSES, size, size)
+        logits = option_without_weights(torch.rand(1, 3, size, size))
+    assert logits.shape == (1, NUM_CLASSES, size, size)
+
+
+def test_a_size_its_divisor_does_not_allow_is_refused(option_without_weights):
+    with pytest.raises(ValueError, match="not divisible by 16"):
+        option_without_weights(torch.rand(1, 3, 40, 40))
 
 
 def test_renaming_by_position_names_the_first_tensor_whose_shape_differs():
