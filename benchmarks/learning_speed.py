@@ -44,9 +44,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def clean_miou_by_epoch(metrics_csv: Path) -> list[float]:
-    """Clean val mIoU (%) of every validation epoch, from the run's CSV log."""
+    """Clean val mIoU (%, as logged) of every validation epoch, from the run's CSV log."""
     with metrics_csv.open() as handle:
-        return [100 * float(row["val/miou_clean"]) for row in csv.DictReader(handle) if row["val/miou_clean"]]
+        return [float(row["val/miou_clean"]) for row in csv.DictReader(handle) if row["val/miou_clean"]]
 
 
 def main() -> None:
