@@ -1,17 +1,18 @@
 """Does the accumulated mode's carried perturbation survive the augmentation? Two measures, on the real
 ``shapes`` train pipeline of ``adversarial.mode=accumulated``:
 
-1. **Round trip.** A sign map of ±eps per pixel in the store's coordinates, seen through a sample's geometry
-   (``view``) and taken back (``pull_back``): on the pixels the crop covers, the mean error ``|back − δ|/eps``
-   and the share of values whose sign flipped. An exact mapping gives 0 and 0.
+1. **Round trip.** A sign map of ±eps per pixel in the store's coordinates (the image's frame), seen through a
+   sample's geometry (``view``) and taken back (``pull_back``): on the pixels the crop covers, the mean error
+   ``|back − δ|/eps`` and the share of values whose sign flipped. An exact mapping gives 0 and 0.
 2. **Carried strength (issue #20's measure).** On B training images with one geometry, ``--visits`` visits of
    the accumulated mode in a row (no restart between them). At every visit after the first: the training loss
    (CE of the model in eval mode on the adversarial images, mean over valid pixels) at the start of the visit,
    from the carried perturbation, against the loss at the end of the previous visit, **same images and same
    geometry**. ``kept`` is ``(start − clean) / (previous end − clean)``: the share of the adversarial loss
    increase that the store carried (1: all of it). The same from a fresh random start is printed as the floor.
-   A last column repeats the start loss on the pipeline's **next draw** of the same images (the next epoch's
-   crop, flip, scale), against a random start on that draw.
+   A last line gives the start loss on the pipeline's **next draw** of the same images (the next epoch's crop,
+   flip and held scale; an image whose held scale changes restarts from a random start, as in training),
+   against a random start on that draw.
 
 The model: ``--checkpoint`` (a training checkpoint of this project), else the default model trained here by
 standard training for ``--train-steps`` steps.
@@ -36,7 +37,7 @@ from eroseg_at.checkpoint import load_checkpoint
 from eroseg_at.configs import build, compose_config
 from eroseg_at.data.geometry import SampleGeometry
 from eroseg_at.training.amortised import AccumulatedPerturbations
-from eroseg_at.training.perturbations import PerturbationStore
+from eroseg_at.training.perturbations import PerturbationStore, training_store_layout
 from eroseg_at.training.runner import build_datamodule, build_module
 
 
@@ -58,15 +59,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def config(args: argparse.Namespace, output_dir: Path):
+def config(args: argparse.Namespace, output_dir: Path, *extra: str):
     return compose_config(
         "train",
         [
             f"attack={args.attack}",
+            "attack.steps=1",
             "adversarial.mode=accumulated",
             "adversarial.objective=adv_only",
-            # No periodic restart: the visits of the measure continue one perturbation.
-            "adversarial.accumulated.restart_visits=1000",
+            *extra,
             f"dataset.train_source.image_size=[{args.size},{args.size}]",
             f"dataset.crop_size=[{args.size},{args.size}]",
             f"dataset.batch_size={args.batch}",
@@ -109,7 +110,7 @@ def round_trip(datamodule, eps: float, samples: int) -> tuple[float, float, floa
     errors, flips, covered_shares, rescaled = [], [], [], 0
     for draw in range(samples):
         _, _, geometry = datamodule.train_set[draw % len(datamodule.train_set)]
-        height, width = geometry.source_size[0].tolist()
+        height, width = geometry.frames()[0]
         signs = torch.randint(0, 2, (3, height, width), generator=generator).float() * 2 - 1
         delta = signs * eps
         back = geometry.pull_back(geometry.view([delta]))[0]
@@ -117,7 +118,7 @@ def round_trip(datamodule, eps: float, samples: int) -> tuple[float, float, floa
         errors.append(((back - delta).abs()[covered] / eps).mean().item())
         flips.append((torch.sign(back) != signs)[covered].float().mean().item())
         covered_shares.append(covered.float().mean().item())
-        rescaled += int(not torch.equal(geometry.scaled_size, geometry.source_size))
+        rescaled += int(not torch.equal(geometry.frame_size, geometry.source_size))
     return (
         statistics.mean(errors),
         statistics.mean(flips),
@@ -127,10 +128,11 @@ def round_trip(datamodule, eps: float, samples: int) -> tuple[float, float, floa
 
 
 def carried_start(module, images: torch.Tensor, geometry: SampleGeometry) -> torch.Tensor:
-    """The start of the next visit from the carried perturbations (no restart)."""
-    accumulated = module.accumulated
-    stored = accumulated.store.read(geometry.index.tolist(), module.train_attack.eps)
-    return (images + geometry.view(stored)).clamp(0, 1)
+    """The start of the next visit from the carried perturbations; a random start where the frame changed."""
+    eps = module.train_attack.eps
+    stored = module.accumulated.store.read(geometry.index.tolist(), geometry.frames(), eps)
+    moved = torch.tensor([bool(delta.any()) for delta in stored]).view(-1, 1, 1, 1)
+    return torch.where(moved, (images + geometry.view(stored)).clamp(0, 1), random_start(eps, images))
 
 
 def random_start(eps: float, images: torch.Tensor) -> torch.Tensor:
@@ -143,10 +145,13 @@ def main() -> None:
     torch.manual_seed(0)
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="carried_") as directory:
+        # The data as training draws it (each image's scale held for restart_visits epochs); the visits of the
+        # measure continue one perturbation, without the periodic restarts.
         cfg = config(args, Path(directory))
         datamodule = build_datamodule(cfg)
         datamodule.setup("fit")
         model = trained_model(args, cfg, datamodule)
+        cfg = config(args, Path(directory), "adversarial.accumulated.restart_visits=1000")
         module = build_module(cfg, model, datamodule)
         eps = module.train_attack.eps
         error, flipped, covered, rescaled = round_trip(datamodule, eps, args.samples)
@@ -161,7 +166,7 @@ def main() -> None:
 def run_visits(args, module, datamodule, model) -> None:
     eps = module.train_attack.eps
     store = PerturbationStore(
-        Path(module.adversarial.accumulated.directory), datamodule.train_sample_sizes(), eps, create=True
+        Path(module.adversarial.accumulated.directory), training_store_layout(datamodule, eps), create=True
     )
     module.accumulated = AccumulatedPerturbations(module.adversarial.accumulated, module.train_attack, store)
     loader = iter(datamodule.train_dataloader())
@@ -178,7 +183,9 @@ def run_visits(args, module, datamodule, model) -> None:
                 rows[visit].append((clean, end, start, fresh))
             x, _ = module.accumulated.adversarial(model, images, labels, geometry, epoch=visit)
             end = loss_of(model, x, labels)
-        # The pipeline's next draw of the same images: another crop and flip (and scale).
+        # The pipeline's next draw of the same images (the next epoch's): another crop and flip, and for a quarter
+        # of them another held scale.
+        datamodule.set_epoch(1)
         samples = [datamodule.train_set[i] for i in geometry.index.tolist()]
         images2 = torch.stack([s[0] for s in samples])
         labels2 = torch.stack([s[1] for s in samples])
@@ -190,6 +197,7 @@ def run_visits(args, module, datamodule, model) -> None:
                 loss_of(model, random_start(eps, images2), labels2),
             )
         )
+        datamodule.set_epoch(0)
     print(
         f"Carried strength: {args.batches} batches of {args.batch} images, 1 {args.attack} step per visit, "
         "same images and geometry at every visit; CE (mean over valid pixels), model in eval mode:\n"

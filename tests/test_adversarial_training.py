@@ -168,9 +168,7 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(
 
 def test_bf16_mixed_precision_adversarial_step_runs_on_cpu(tiny_train_config):
     result = train(
-        tiny_train_config(
-            "attack=eroseg", "debug=fdr", "trainer.precision=bf16-mixed", "attack.steps=2"
-        )
+        tiny_train_config("attack=eroseg", "debug=fdr", "trainer.precision=bf16-mixed", "attack.steps=2")
     )
     assert 0.0 <= result.validation.miou["clean"] <= 100.0
     assert 0.0 <= result.validation.miou["pgd10"] <= 100.0
