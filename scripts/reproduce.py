@@ -345,8 +345,9 @@ def cost_range(costs: dict, key: str) -> tuple[float, float, float]:
 
 
 def matched_epochs(args: argparse.Namespace, costs: dict, method: Method) -> int:
-    """The epochs that cost ``MAX_COST`` standard-training runs at ``method``'s per-update cost."""
-    return max(1, round(args.epochs * MAX_COST / cost_range(costs, method.key)[0]))
+    """The most epochs that cost no more than ``MAX_COST`` standard-training runs at ``method``'s per-update cost
+    (its median)."""
+    return max(1, math.floor(args.epochs * MAX_COST / cost_range(costs, method.key)[0]))
 
 
 # ----------------------------------------------------------------------------------- train, evaluate
@@ -364,9 +365,11 @@ def train_run(args: argparse.Namespace, run: Run, started: float) -> Run:
     run.training_minutes = result.time.training / 60
     run.validation_minutes = result.time.validation / 60
     run.collapses = list(result.collapses)
+    # A run that had finished its epochs before it was cut short validates nothing when it continues.
+    clean = "n/a" if result.validation is None else f"{result.validation.miou['clean']:.1f}"
     print(
-        f"    training {run.training_minutes:.1f} min, validation {run.validation_minutes:.1f} min, clean "
-        f"{result.validation.miou['clean']:.1f}, collapses at epochs {run.collapses or 'none'}",
+        f"    training {run.training_minutes:.1f} min, validation {run.validation_minutes:.1f} min, last "
+        f"validation's clean mIoU {clean}, collapses at epochs {run.collapses or 'none'}",
         flush=True,
     )
     return run
@@ -855,8 +858,9 @@ given beside it, mean ± half-range over the seeds, and as a ratio to standard t
 
 ## Compute-matched: the amortised modes at the target's budget
 
-Each amortised run trained for `round(epochs × {max_cost:.0f} / its per-update cost)` epochs (cosine schedule over
-its own length): what it reaches for the cost of {max_cost:.0f} standard training runs, beside EroSeg3-AT:
+Each amortised run trained for `floor(epochs × {max_cost:.0f} / its per-update cost)` epochs (cosine schedule over
+its own length): what it reaches for at most the cost of {max_cost:.0f} standard training runs, beside EroSeg3-AT
+(a mode whose count comes out at the epoch-matched one has no second run):
 
 {matched}
 

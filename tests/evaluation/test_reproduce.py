@@ -76,6 +76,15 @@ def test_verdicts_apply_the_issue_target_to_the_seed_means_and_the_per_update_co
     assert verdict in text
 
 
+def test_verdicts_say_when_standard_training_has_not_learned_enough():
+    runs = [run_with("eroseg3", 0, 30.0, clean=60.0), run_with("accumulated", 0, 30.0, clean=60.0)]
+    learned = [*runs, run_with("standard", 0, 10.0, clean=61.0)]
+    assert "have not learned enough" not in reproduce.verdicts(reproduce.table_rows(learned, False), [], COSTS, 1)
+    short = [*runs, run_with("standard", 0, 10.0, clean=55.0)]
+    text = reproduce.verdicts(reproduce.table_rows(short, False), [], COSTS, 1)
+    assert "Standard training reaches only 55.0 % clean mIoU (< 60 %)" in text
+
+
 def test_runs_are_kept_and_read_back_and_the_plan_scales_the_amortised_epochs(tmp_path):
     run = run_with("accumulated", 2, 25.0, epochs=4, compute_matched=True)
     run.collapses, run.sha256, run.validation_minutes, run.foreground = [3], "ab" * 32, 0.5, 70.0
@@ -86,8 +95,8 @@ def test_runs_are_kept_and_read_back_and_the_plan_scales_the_amortised_epochs(tm
         ["--epochs", "8", "--seeds", "0", "--methods", "standard", "eroseg3", "accumulated"]
     )
     planned = reproduce.planned_runs(args, tmp_path, COSTS)
-    # accumulated at 1.9x per update: 2 standard runs' cost buys round(8 * 2 / 1.9) = 8 epochs, the
-    # epoch-matched run itself, so no second run; at 1.6x it would be 10.
+    # accumulated at 1.9x per update: 2 standard runs' cost buys floor(8 * 2 / 1.9) = 8 epochs, the
+    # epoch-matched run itself, so no second run; at 1.6x it buys 10.
     assert [(r.name, r.epochs) for r in planned] == [
         ("standard_seed0", 8), ("eroseg3_seed0", 8), ("accumulated_seed0", 8)
     ]  # fmt: skip
