@@ -612,11 +612,19 @@ def verdicts(epoch_rows: list[Row], matched_rows: list[Row], costs: dict, epochs
     reference = next((row for row in epoch_rows if row.method.key == REFERENCE), None)
     if reference is None:
         return "- (EroSeg3-AT was not trained: no comparison.)"
-    return "\n".join(
+    lines = [
         verdict_of(row, reference, costs, epochs)
         for row in [*epoch_rows, *matched_rows]
         if row.method.amortised
-    )
+    ]
+    standard = next((row for row in epoch_rows if row.method.key == BASELINE), None)
+    if standard is not None and standard.mean("clean") < 60:
+        lines.insert(
+            0,
+            f"- **Standard training reaches only {standard.mean('clean'):.1f} % clean mIoU (< 60 %): the verdicts "
+            "below are computed, but the models have not learned enough for them to mean much.**",
+        )
+    return "\n".join(lines)
 
 
 def findings(rows: list[Row], foreground: float) -> str:
