@@ -354,6 +354,14 @@ def test_bad_mode_settings_are_refused_before_training(tiny_train_config, overri
         train(tiny_train_config(*overrides))
 
 
+def test_the_accumulated_mode_refuses_a_trainer_that_would_not_save_its_store(tiny_train_config, tmp_path):
+    cfg = tiny_train_config(*SMALL, "attack=eroseg", "attack.steps=1", "adversarial.mode=accumulated")
+    datamodule = runner.build_datamodule(cfg)
+    module = runner.build_module(cfg, runner.build(cfg.model), datamodule)
+    with pytest.raises(ValueError, match=r"needs a Trainer with plugins=\[StoreSnapshotCheckpointIO\(\)\]"):
+        fit(module, datamodule, tmp_path)
+
+
 def test_default_mode_is_todays_multi_step_training():
     adversarial = AdversarialTraining()
     assert adversarial.mode == "multi_step" and adversarial.objective == "clean_plus_adv"
@@ -545,13 +553,6 @@ def test_a_run_forced_into_collapse_is_detected_reported_stopped_and_keeps_the_l
         UserWarning, match="robustness collapsed at epoch 2: val/miou_pgd10 5.0 < 50% of its best 35.0"
     ):
         result = train(cfg)
-    good = torch.load(
-        result.output_dir / "checkpoints" / "last_good.ckpt", map_location="cpu", weights_only=True
-    )
-    assert good["epoch"] == 1
-    assert result.validation.robust_collapse is True and result.collapses == [2]
-    last = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
-    assert last["epoch"] == 2  # stopped: epoch 3 never ran
     # Logged with the validation metrics: one row (one step) per validation holds both.
     (logged,) = (result.output_dir / "csv").rglob("metrics.csv")
     rows = list(csv.DictReader(logged.open()))
@@ -559,6 +560,13 @@ def test_a_run_forced_into_collapse_is_detected_reported_stopped_and_keeps_the_l
     assert [float(row["val/robust_collapse"]) for row in collapse_rows] == [0.0, 0.0, 1.0]
     assert all(row["val/miou_clean"] for row in collapse_rows)
     assert len([row for row in rows if row["val/miou_clean"]]) == 3
+    good = torch.load(
+        result.output_dir / "checkpoints" / "last_good.ckpt", map_location="cpu", weights_only=True
+    )
+    assert good["epoch"] == 1
+    assert result.validation.robust_collapse is True and result.collapses == [2]
+    last = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    assert last["epoch"] == 2  # stopped: epoch 3 never ran
 
 
 # ------------------------------------------------------------------------------------ erosion records

@@ -79,7 +79,9 @@ def test_verdicts_apply_the_issue_target_to_the_seed_means_and_the_per_update_co
 def test_verdicts_say_when_standard_training_has_not_learned_enough():
     runs = [run_with("eroseg3", 0, 30.0, clean=60.0), run_with("accumulated", 0, 30.0, clean=60.0)]
     learned = [*runs, run_with("standard", 0, 10.0, clean=61.0)]
-    assert "have not learned enough" not in reproduce.verdicts(reproduce.table_rows(learned, False), [], COSTS, 1)
+    assert "have not learned enough" not in reproduce.verdicts(
+        reproduce.table_rows(learned, False), [], COSTS, 1
+    )
     short = [*runs, run_with("standard", 0, 10.0, clean=55.0)]
     text = reproduce.verdicts(reproduce.table_rows(short, False), [], COSTS, 1)
     assert "Standard training reaches only 55.0 % clean mIoU (< 60 %)" in text
