@@ -14,8 +14,9 @@ reported beside it.
 
 The script resumes: every finished run and evaluation is kept in ``<output-dir>/results/*.json``; a rerun with
 the same ``--output-dir`` continues where the last one stopped (a run cut short continues from its last
-checkpoint), and ``--report`` rewrites ``docs/RESULTS.md`` from what is there. ``docs/RESULTS.md`` and
-``docs/figures/*.png`` are written after every evaluated run (marked partial until the last).
+checkpoint), and ``--report`` rewrites ``docs/RESULTS.md`` from what is there. ``docs/RESULTS.md`` and the erosion
+figure are written after every evaluated run (marked partial until the last), the attack-strength curve and its
+figures at the end.
 
     make reproduce                                   # the default sizes (see docs/RESULTS.md for its time)
     make reproduce ARGS="--epochs 1 --train-images 32 --val-images 16 --sea-steps 3 --seeds 0 --output-dir /tmp/r"
@@ -234,7 +235,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--docs", type=Path, default=REPO_ROOT / "docs", help="where RESULTS.md and figures/ go"
     )
     parser.add_argument(
-        "--report", action="store_true", help="only rewrite RESULTS.md from the results kept in --output-dir"
+        "--report",
+        action="store_true",
+        help="only rewrite RESULTS.md (without the strength curve) from the results kept in --output-dir",
     )
     args = parser.parse_args(argv)
     if BASELINE not in args.methods:
@@ -463,7 +466,9 @@ def main(argv: list[str] | None = None) -> None:
             save_run(run, output_dir)
             write_results(args, argv, output_dir, list(done.values()), costs, figures=False)
     runs = list(done.values())
-    write_results(args, argv, output_dir, runs, costs, figures=True)
+    # The strength curve (an evaluation of its own) once every run is in: a --report of a partial reproduction
+    # leaves it out.
+    write_results(args, argv, output_dir, runs, costs, figures=not args.report)
     print(
         f"wrote {args.docs / 'RESULTS.md'} from {len(runs)} runs; this part took "
         f"{(time.perf_counter() - started) / 60:.1f} min",
@@ -690,6 +695,14 @@ def strength_findings(report) -> str:
     return "\n".join(lines)
 
 
+def curve_section(report) -> str:
+    """The strength table, what it says, and the figures drawn with it."""
+    return (
+        f"{iterations_table(report)}\n\n{strength_findings(report)}\n\n"
+        "![attack strength](figures/attack_strength_standard.png)\n\n![examples](figures/examples_standard.png)"
+    )
+
+
 def foreground_iou(report) -> float:
     """Mean clean IoU (%) of the classes other than the dataset's background: has the model learned shapes?"""
     clean = report.row("clean")
@@ -698,7 +711,7 @@ def foreground_iou(report) -> float:
     return 100 * mean(values) if values else math.nan
 
 
-def erosion_section(runs: list[Run], seed: int, figures: Path | None) -> str:
+def erosion_section(runs: list[Run], seed: int, figures: Path) -> str:
     """The erosion picture of ``seed``'s EroSeg3-AT and accumulated runs, and the numbers behind it."""
 
     def run_of(key: str) -> Run | None:
@@ -711,8 +724,7 @@ def erosion_section(runs: list[Run], seed: int, figures: Path | None) -> str:
         return "(Needs the EroSeg3-AT and accumulated runs.)"
     multi_record = load_records(multi.directory / "erosion")[-1]
     visits = load_records(accumulated.directory / "erosion")
-    if figures is not None:
-        erosion_figure(multi_record, visits, figures / "erosion.png")
+    erosion_figure(multi_record, visits, figures / "erosion.png")
     numbers = describe(multi_record)
     lines = [
         "| multi-step iteration t | " + " | ".join(str(t) for t in range(len(multi_record.taus))) + " |",
@@ -749,11 +761,12 @@ def erosion_section(runs: list[Run], seed: int, figures: Path | None) -> str:
 
 
 def write_results(args, argv, output_dir: Path, runs: list[Run], costs: dict, figures: bool) -> None:
-    """RESULTS.md from the evaluated runs; with ``figures``, also the figures (and the strength curve)."""
+    """RESULTS.md and the erosion figure from the evaluated runs; with ``figures``, also the strength curve (an
+    evaluation of its own) and its figures."""
     figure_dir = args.docs / "figures"
+    figure_dir.mkdir(parents=True, exist_ok=True)
     curve = None
     if figures:
-        figure_dir.mkdir(parents=True, exist_ok=True)
         curve, grid = strength_curve(args, runs, output_dir)
         if curve is not None:
             shutil.copy(curve.files["miou_vs_iterations.png"], figure_dir / "attack_strength_standard.png")
@@ -765,7 +778,10 @@ def write_results(args, argv, output_dir: Path, runs: list[Run], costs: dict, fi
     planned = planned_runs(args, output_dir, costs)
     finished = {run.name for run in runs}
     missing = [run.name for run in planned if run.name not in finished]
-    command = "make reproduce" + (f' ARGS="{" ".join(argv)}"' if argv else "")
+    shown = [
+        argument for argument in argv or [] if argument != "--report"
+    ]  # the reproduction, not the rewrite
+    command = "make reproduce" + (f' ARGS="{" ".join(shown)}"' if shown else "")
     foreground = [run.foreground for run in runs if run.scores]
     minutes = sum(run.training_minutes + run.validation_minutes for run in runs)
     text = RESULTS_TEMPLATE.format(
@@ -794,11 +810,8 @@ def write_results(args, argv, output_dir: Path, runs: list[Run], costs: dict, fi
         else "(No compute-matched runs yet.)",
         verdicts=verdicts(epoch_rows, matched_rows, costs, args.epochs),
         per_seed=per_seed_table(runs),
-        erosion=erosion_section(runs, args.seeds[0], figure_dir if figures else None),
-        curve="(drawn at the end of the reproduction)"
-        if curve is None
-        else iterations_table(curve.reports[0]),
-        strength="" if curve is None else strength_findings(curve.reports[0]),
+        erosion=erosion_section(runs, args.seeds[0], figure_dir),
+        curve="(drawn at the end of the reproduction)" if curve is None else curve_section(curve.reports[0]),
         findings=findings(epoch_rows, mean(foreground)) if foreground else "(no runs yet)",
         first_seed=args.seeds[0],
         output_dir=output_dir,
@@ -891,12 +904,6 @@ Per seed:
 ## Attack strength on the standard model (seed {first_seed}): mIoU (%) vs iterations, eps 8/255
 
 {curve}
-
-{strength}
-
-![attack strength](figures/attack_strength_standard.png)
-
-![examples](figures/examples_standard.png)
 
 ## What the numbers support (computed from the numbers above)
 
