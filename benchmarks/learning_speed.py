@@ -63,11 +63,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def miou_by_epoch(metrics_csv: Path, metric: str) -> list[float]:
-    """A val mIoU (%) of every validation epoch (``metric``: ``clean``, ``pgd10``), from the run's CSV log."""
+    """A val mIoU (%, as logged) of every validation epoch (``metric``: ``clean``, ``pgd10``), from the run's CSV log."""
     with metrics_csv.open() as handle:
-        return [
-            100 * float(row[f"val/miou_{metric}"]) for row in csv.DictReader(handle) if row["val/miou_clean"]
-        ]
+        return [float(row[f"val/miou_{metric}"]) for row in csv.DictReader(handle) if row["val/miou_clean"]]
 
 
 def run_candidate(overrides: list[str], run_dir: Path, epochs: int) -> float:
