@@ -5,6 +5,7 @@ plain victim by none."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -138,3 +139,89 @@ def test_verdict_names_each_failed_check_and_serialises():
         "numbers": {"black_box_miou": 0.1},
         "explanation": "Square ends below",
     }
+
+
+# The checks on the masked test models, wired as an evaluation would run them (the members, budgets and subset
+# here are the CPU-sized version of what docs/EVALUATION.md describes): SEA's masked-CE and JS members at 8/255
+# and their per-image worst case, Square beside them, masked CE at 2/255 for the eps curve and at 64/255
+# (10 steps, no random start: noise of that size alone would knock pixels over) for the large budget, 10 against
+# 20 iterations, the gradient of both losses at the clean images, and a second clean pass.
+EPS = 8 / 255
+MEMBER_LOSSES = ("mce", "js")
+
+
+def loss_of(name: str):
+    return lambda logits, labels, valid: APGD_LOSSES[name](logits, labels, valid, None, 0, 1)
+
+
+def run_checks(model, images, labels) -> MaskingVerdict:
+    started = time.perf_counter()
+
+    def statistics(attack: str | None = None, **arguments) -> torch.Tensor:
+        x = images if attack is None else build_attack(attack, seed=0, **arguments)(model, images, labels)
+        with torch.no_grad():
+            return per_image_statistics(predicted_classes(model(x)), labels, 7)
+
+    clean = statistics()
+    members = {loss: statistics("apgd", eps=EPS, steps=20, loss=loss) for loss in MEMBER_LOSSES}
+    stacked = torch.stack([clean, *members.values()])
+    white_box = select(stacked, worst_case(stacked).miou_choice)
+    checks = (
+        black_box_check(statistics("square", eps=EPS, queries=200), white_box),
+        budget_check(
+            clean,
+            {2 / 255: statistics("apgd", eps=2 / 255, steps=20, loss="mce"), EPS: members["mce"]},
+            64 / 255,
+            statistics("apgd", eps=64 / 255, steps=10, loss="mce", random_start=False),
+        ),
+        iterations_check(statistics("apgd", eps=EPS, steps=10, loss="mce"), members["mce"], 10, 20),
+        gradient_health_check(
+            {loss: gradient_health(model, images, labels, EPS, loss_of(loss)) for loss in MEMBER_LOSSES}
+        ),
+        repeatability_check(clean, statistics()),
+    )
+    return MaskingVerdict(checks, time.perf_counter() - started)
+
+
+# What each model must be flagged by; the plain victim by nothing. The random model may also fail the budget
+# check (its mIoU jumps around with eps); nothing else may fire on the others.
+EXPECTED_FLAGS = {
+    "plain": set(),
+    "quantized": {BLACK_BOX, BUDGET, GRADIENT_HEALTH},
+    "saturated": {BLACK_BOX, BUDGET, GRADIENT_HEALTH},
+    "random": {REPEATABILITY},
+}
+ALSO_ALLOWED = {"random": {BUDGET}}
+MODELS = {
+    "plain": lambda victim: victim,
+    "quantized": QuantizedInput,
+    "saturated": SaturatedLogits,
+    "random": RandomResizePad,
+}
+
+
+@pytest.fixture(scope="module")
+def victim_batch():
+    """The victim and 8 images; one intra-op thread, as tiny forwards run 100x slower with two on a busy host."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_victim(), *shapes_batch(8)
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_each_masked_model_is_flagged_by_the_checks_that_catch_it_and_the_victim_by_none(victim_batch, name):
+    victim, images, labels = victim_batch
+    verdict = run_checks(MODELS[name](victim), images, labels)
+    flagged = {check.name for check in verdict.checks if check.flagged}
+    expected = EXPECTED_FLAGS[name]
+    assert expected <= flagged <= expected | ALSO_ALLOWED.get(name, set()), verdict.summary()
+    assert verdict.suspected == bool(expected)
+    document = json.loads(json.dumps(verdict.to_json()))
+    assert [check["name"] for check in document["checks"]] == [
+        BLACK_BOX,
+        BUDGET,
+        ITERATIONS,
+        GRADIENT_HEALTH,
+        REPEATABILITY,
+    ]
