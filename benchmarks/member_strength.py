@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--steps", type=int, default=20, help="gradient evaluations per gradient member")
     parser.add_argument("--queries", type=int, default=1000, help="Square's forward passes per image")
+    parser.add_argument("--skip-square", action="store_true", help="run the gradient members only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="where to write the figures")
     return parser.parse_args(argv)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     gradient = {"eps": args.eps, "steps": args.steps}
     existing = [measure(label, name, {**gradient, **extra}) for label, (name, extra) in EXISTING.items()]
     new = [measure(label, name, {**gradient, **extra}) for label, (name, extra) in NEW.items()]
-    for objective in ("margin", "accuracy"):
+    for objective in () if args.skip_square else ("margin", "accuracy"):
         measure(
             f"Square-{objective} ({args.queries} queries)",
             "square",

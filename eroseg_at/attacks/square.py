@@ -13,10 +13,11 @@ from eroseg_at.attacks.arguments import choice, integer, number
 from eroseg_at.attacks.base import Attack, BestIterate
 from eroseg_at.attacks.objectives import margin, valid_mean
 
-# What a query is scored by, per image (lower is better for the attack): margin = the mean over valid pixels of
-# the margin f_y − max_{k≠y} f_k by which still-correct pixels are right (0 for wrong pixels); accuracy = the
-# share of valid pixels still correct, ties broken by that margin.
-SQUARE_OBJECTIVES = ("margin", "accuracy")
+# What a query is scored by, per image (lower is better for the attack): accuracy = the share of valid pixels
+# still correct, ties broken by the margin; margin = the mean over valid pixels of the margin f_y − max_{k≠y} f_k
+# by which still-correct pixels are right (0 for wrong pixels). Accuracy is the default: at equal queries it
+# ended lower on every deterministic model measured (docs/ATTACKS.md, "Square's objective").
+SQUARE_OBJECTIVES = ("accuracy", "margin")
 
 # The paper's schedule (as AutoAttack runs it): the share p of the image that a square covers starts at p_init and
 # halves each time a 10,000-query run passes one of these queries; shorter and longer budgets rescale it.
@@ -64,13 +65,14 @@ class Square(Attack):
     Budget: ``queries`` forward passes per image, the start's included (``queries − 1`` squares); the attack's
     ``steps`` is ``queries``, so reports compare it with a gradient attack's evaluations (each of which costs a
     forward and a backward pass). Returns, per image, the queried point with the fewest correctly classified
-    valid pixels (ties keep the earlier one); with ``objective="accuracy"`` that is the point kept last.
+    valid pixels (ties keep the earlier one); with the default ``objective="accuracy"`` that is the point kept
+    last.
 
     Args:
         queries: Forward passes per image, at least 1; default 1000.
         p_init: Share of the image covered by the first squares, in (0, 1]; default 0.8 (AutoAttack's ℓ∞).
-        objective: ``margin`` (default; :func:`remaining_margin`) or ``accuracy`` (the share of valid pixels
-            still correct, ties broken by the margin).
+        objective: ``accuracy`` (default: the share of valid pixels still correct, ties broken by the margin)
+            or ``margin`` (:func:`remaining_margin` alone).
         eps: Ball radius (ℓ∞), default ``"8/255"``.
         norm: ``"linf"`` only.
         random_start: The striped start (default True) or the clean image.
@@ -85,7 +87,7 @@ class Square(Attack):
     name = "square"
 
     def __init__(
-        self, queries: int = 1000, p_init: float | str = 0.8, objective: str = "margin", **kwargs: Any
+        self, queries: int = 1000, p_init: float | str = 0.8, objective: str = "accuracy", **kwargs: Any
     ) -> None:
         if "steps" in kwargs:
             raise ValueError(

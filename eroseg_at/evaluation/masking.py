@@ -157,11 +157,10 @@ def black_box_check(black_box: Tensor, white_box: Tensor, margin: float = BLACK_
         "white_box_pixel_accuracy": white_accuracy,
         "margin": margin,
     }
-    relation = "below" if flagged else "not clearly below"
     explanation = (
-        f"the black-box attack ends {relation} the white-box worst case on {black_box.shape[0]} images: mIoU "
-        f"{100 * black_miou:.2f} vs {100 * white_miou:.2f}, pixel accuracy {100 * black_accuracy:.2f} vs "
-        f"{100 * white_accuracy:.2f} (margin {100 * margin:.2f})"
+        f"on {black_box.shape[0]} images the black-box attack leaves mIoU {100 * black_miou:.2f} and pixel accuracy "
+        f"{100 * black_accuracy:.2f}, the white-box worst case {100 * white_miou:.2f} and {100 * white_accuracy:.2f}"
+        f" ({'more' if flagged else 'not more'} than {100 * margin:.2f} below in either)"
     )
     return CheckResult(BLACK_BOX, flagged, numbers, explanation)
 

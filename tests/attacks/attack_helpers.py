@@ -104,7 +104,7 @@ ATTACK_CONFIGS = [(name, {}) for name in available_attacks()] + [
     ("apgd", {"loss": "tsallis", "track_loss": "ce"}),
     ("apgd", {"loss": "mce", **SEA}),
     ("padam", {"loss": "cos"}),
-    ("square", {"objective": "accuracy"}),
+    ("square", {"objective": "margin"}),
 ]
 
 

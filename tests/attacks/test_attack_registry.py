@@ -276,7 +276,7 @@ def test_bad_padam_arguments(kwargs, message):
         ({"norm": "l2", "eps": 0.5}, "square attacks the linf ball only; norm must be 'linf', got 'l2'"),
         ({"p_init": 0}, "p_init must lie in \\(0, 1\\], got 0"),
         ({"p_init": 1.5}, "p_init must lie in \\(0, 1\\], got 1.5"),
-        ({"objective": "ce"}, "objective must be one of \\('margin', 'accuracy'\\), got 'ce'"),
+        ({"objective": "ce"}, "objective must be one of \\('accuracy', 'margin'\\), got 'ce'"),
         ({"targeted": True}, "attack 'square' has no targeted form"),
     ],
 )

@@ -96,9 +96,13 @@ def test_the_gradient_attacks_are_fooled(victim, victim_white_box, masking):
 def test_square_sees_through_deterministic_masking(victim, victim_square, masking):
     model, images, labels = victim
     masked = MASKINGS[masking](model)
-    output = square(masked, images, labels)
-    # The same function, the same queries: Square finds on the masked model exactly what it finds on the victim,
-    assert torch.equal(output, victim_square)
-    # which is far below what the fooled gradient attack finds on the masked model (measured 21.5 vs 33.4).
+    found = mean_iou(masked, square(masked, images, labels), labels)
+    on_victim = mean_iou(model, victim_square, labels)
+    # The same function: Square finds on the masked model what it finds on the victim (not bit for bit: the
+    # quantiser's rounding and the scaled logits move near-tied margins, which break ties of accuracy),
+    assert abs(found - on_victim) < 2, (
+        f"Square: {found:.1f} on the {masking} model, {on_victim:.1f} on the victim"
+    )
+    # far below what the fooled gradient attack finds on the masked model (measured 18.9 vs 33.4 and 32.6).
     fooled = attacked_miou(masked, images, labels, *WHITE_BOX["APGD20-mCE"])
-    assert mean_iou(masked, output, labels) < fooled - 8
+    assert found < fooled - 8, f"Square {found:.1f}, APGD20-mCE {fooled:.1f} on the {masking} model"

@@ -172,5 +172,5 @@ def test_square_lowers_the_miou_of_a_trained_model_inside_the_ball(source):
     adversarial = Square(queries=200, seed=0)(model, images, labels)
     assert_inside_ball(adversarial, images)
     attacked = mean_iou(model, adversarial, labels)
-    # Measured 36.5 -> 21.5 (eager and TorchScript alike, 1 thread).
+    # Measured 36.5 -> 18.9 (eager and TorchScript alike, 1 thread; 21.5 with the margin objective).
     assert attacked < clean - 10, f"clean mIoU {clean:.1f}, after Square {attacked:.1f}"
