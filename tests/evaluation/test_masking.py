@@ -5,13 +5,10 @@ plain victim by none."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
 
-from eroseg_at.attacks import build_attack
-from eroseg_at.attacks.apgd import APGD_LOSSES
 from eroseg_at.evaluation.masking import (
     BLACK_BOX,
     BUDGET,
@@ -23,14 +20,13 @@ from eroseg_at.evaluation.masking import (
     MaskingVerdict,
     black_box_check,
     budget_check,
-    gradient_health,
     gradient_health_check,
     iterations_check,
     repeatability_check,
 )
-from eroseg_at.evaluation.worst_case import per_image_statistics, select, worst_case
-from eroseg_at.predictions import predicted_classes
-from tests.masking_models import QuantizedInput, RandomResizePad, SaturatedLogits, load_victim, shapes_batch
+from eroseg_at.evaluation.worst_case import per_image_statistics
+from tests.conftest import load_script
+from tests.masking_models import load_victim, shapes_batch
 
 NUM_CLASSES = 3
 
@@ -141,46 +137,9 @@ def test_verdict_names_each_failed_check_and_serialises():
     }
 
 
-# The checks on the masked test models, wired as an evaluation would run them (the members, budgets and subset
-# here are the CPU-sized version of what docs/EVALUATION.md describes): SEA's masked-CE and JS members at 8/255
-# and their per-image worst case, Square beside them, masked CE at 2/255 for the eps curve and at 64/255
-# (10 steps, no random start: noise of that size alone would knock pixels over) for the large budget, 10 against
-# 20 iterations, the gradient of both losses at the clean images, and a second clean pass.
-EPS = 8 / 255
-MEMBER_LOSSES = ("mce", "js")
-
-
-def loss_of(name: str):
-    return lambda logits, labels, valid: APGD_LOSSES[name](logits, labels, valid, None, 0, 1)
-
-
-def run_checks(model, images, labels) -> MaskingVerdict:
-    started = time.perf_counter()
-
-    def statistics(attack: str | None = None, **arguments) -> torch.Tensor:
-        x = images if attack is None else build_attack(attack, seed=0, **arguments)(model, images, labels)
-        with torch.no_grad():
-            return per_image_statistics(predicted_classes(model(x)), labels, 7)
-
-    clean = statistics()
-    members = {loss: statistics("apgd", eps=EPS, steps=20, loss=loss) for loss in MEMBER_LOSSES}
-    stacked = torch.stack([clean, *members.values()])
-    white_box = select(stacked, worst_case(stacked).miou_choice)
-    checks = (
-        black_box_check(statistics("square", eps=EPS, queries=200), white_box),
-        budget_check(
-            clean,
-            {2 / 255: statistics("apgd", eps=2 / 255, steps=20, loss="mce"), EPS: members["mce"]},
-            64 / 255,
-            statistics("apgd", eps=64 / 255, steps=10, loss="mce", random_start=False),
-        ),
-        iterations_check(statistics("apgd", eps=EPS, steps=10, loss="mce"), members["mce"], 10, 20),
-        gradient_health_check(
-            {loss: gradient_health(model, images, labels, EPS, loss_of(loss)) for loss in MEMBER_LOSSES}
-        ),
-        repeatability_check(clean, statistics()),
-    )
-    return MaskingVerdict(checks, time.perf_counter() - started)
+# The checks on the masked test models, wired as an evaluation would run them (benchmarks/masking_checks.py,
+# which prints the figures).
+CHECKS = load_script("benchmarks/masking_checks.py")
 
 
 # What each model must be flagged by; the plain victim by nothing. The random model may also fail the budget
@@ -192,12 +151,6 @@ EXPECTED_FLAGS = {
     "random": {REPEATABILITY},
 }
 ALSO_ALLOWED = {"random": {BUDGET}}
-MODELS = {
-    "plain": lambda victim: victim,
-    "quantized": QuantizedInput,
-    "saturated": SaturatedLogits,
-    "random": RandomResizePad,
-}
 
 
 @pytest.fixture(scope="module")
@@ -209,10 +162,10 @@ def victim_batch():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(EXPECTED_FLAGS))
 def test_each_masked_model_is_flagged_by_the_checks_that_catch_it_and_the_victim_by_none(victim_batch, name):
     victim, images, labels = victim_batch
-    verdict = run_checks(MODELS[name](victim), images, labels)
+    verdict = CHECKS.run_checks(CHECKS.MODELS[name](victim), images, labels)
     flagged = {check.name for check in verdict.checks if check.flagged}
     expected = EXPECTED_FLAGS[name]
     assert expected <= flagged <= expected | ALSO_ALLOWED.get(name, set()), verdict.summary()
