@@ -2,7 +2,7 @@
 
 The victim is the small trained shapes model of ``tests/masking_models.py``; the masked models compute its
 function but mask its gradients (input quantisation, saturated logits, a random resize-and-pad). For each model
-this prints the mIoU (%) under the gradient attacks and Square, then runs the checks as an evaluation would
+this prints the mIoU (%) under the gradient attacks and Square (both objectives), then runs the checks as an evaluation would
 (:func:`run_checks`: the CPU-sized wiring of docs/EVALUATION.md) and prints the verdict and its cost.
 
     python benchmarks/masking_checks.py --images 8 --queries 200
@@ -125,7 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     victim = load_victim()
     images, labels = shapes_batch(args.images)
-    columns = {"clean": (None, {}), **ATTACKS, f"Square{args.queries}": ("square", {"queries": args.queries})}
+    columns = {
+        "clean": (None, {}),
+        **ATTACKS,
+        f"Square{args.queries}": ("square", {"queries": args.queries}),
+        f"Square{args.queries}-margin": ("square", {"queries": args.queries, "objective": "margin"}),
+    }
     print(f"{args.images} images of 32x32 shapes, eps 8/255, mIoU (%)\n")
     print("| model | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))
     figures: dict = {}
@@ -138,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
         verdict = run_checks(wrap(victim), images, labels, args.queries)
         figures[name]["verdict"] = verdict.to_json()
         print(f"\n{name} ({verdict.seconds:.1f} s): {verdict.summary()}")
+        for check in verdict.checks:
+            print(f"  {check.name}: {check.explanation}")
     return figures
 
 

@@ -364,11 +364,20 @@ def gradient_health_check(
         }
         share = int(health.unhealthy.sum()) / images if images else 0.0
         flagged |= share > max_unhealthy_share
-        numbers.update({f"{name}_images": images, f"{name}_unhealthy_share": share})
+        healthy = health.has_valid_pixels & ~health.unhealthy
+        # How far the healthy images are from the vanishing threshold.
+        smallest = float(health.first_order_change[healthy].min()) if healthy.any() else float("nan")
+        numbers.update(
+            {
+                f"{name}_images": images,
+                f"{name}_unhealthy_share": share,
+                f"{name}_smallest_healthy_change": smallest,
+            }
+        )
         numbers.update({f"{name}_{kind}": count for kind, count in counts.items()})
         parts.append(
             f"{name}: {100 * share:.1f} % of {images} images (zero {counts['zero']}, non-finite "
-            f"{counts['non_finite']}, vanishing {counts['vanishing']})"
+            f"{counts['non_finite']}, vanishing {counts['vanishing']}; smallest healthy change {smallest:.2g})"
         )
     explanation = (
         "input gradients that are zero, non-finite or vanishing at the clean images, "
