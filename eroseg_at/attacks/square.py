@@ -23,6 +23,8 @@ SQUARE_OBJECTIVES = ("accuracy", "margin")
 # halves each time a 10,000-query run passes one of these queries; shorter and longer budgets rescale it.
 SCHEDULE_MILESTONES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 SCHEDULE_LENGTH = 10_000
+# The budget without queries or steps: a CPU-sized check (5000 on a GPU).
+DEFAULT_QUERIES = 1000
 
 
 def square_fraction(update: int, queries: int, p_init: float) -> float:
@@ -69,7 +71,8 @@ class Square(Attack):
     last.
 
     Args:
-        queries: Forward passes per image, at least 1; default 1000.
+        queries: Forward passes per image, at least 1; default 1000. ``steps`` is accepted as the same budget
+            (every attack's budget key), not both with different values.
         p_init: Share of the image covered by the first squares, in (0, 1]; default 0.8 (AutoAttack's ℓ∞).
         objective: ``accuracy`` (default: the share of valid pixels still correct, ties broken by the margin)
             or ``margin`` (:func:`remaining_margin` alone).
@@ -87,14 +90,22 @@ class Square(Attack):
     name = "square"
 
     def __init__(
-        self, queries: int = 1000, p_init: float | str = 0.8, objective: str = "accuracy", **kwargs: Any
+        self,
+        queries: int | None = None,
+        p_init: float | str = 0.8,
+        objective: str = "accuracy",
+        **kwargs: Any,
     ) -> None:
-        if "steps" in kwargs:
+        # Suites, iteration curves, training and tests give every attack its budget as steps; Square reads it as
+        # its queries, so it runs wherever another attack does.
+        steps = kwargs.pop("steps", None)
+        if queries is not None and steps is not None and queries != steps:
             raise ValueError(
-                "square has no steps: its budget is queries (forward passes per image), "
-                f"got steps={kwargs['steps']!r}"
+                f"square got queries={queries!r} and steps={steps!r}: both are its budget (forward passes per "
+                "image); give one (to train with it, set adversarial.attack_steps=null)"
             )
-        super().__init__(steps=integer(queries, "queries", 1), **kwargs)
+        budget = next((value for value in (queries, steps) if value is not None), DEFAULT_QUERIES)
+        super().__init__(steps=integer(budget, "queries", 1), **kwargs)
         if self.norm != "linf":
             raise ValueError(f"square attacks the linf ball only; norm must be 'linf', got {self.norm!r}")
         self.p_init = number(p_init, "p_init", minimum=0, maximum=1, exclusive_minimum=True)

@@ -121,8 +121,8 @@ CONFIG_IDS = [config_id(config) for config in ATTACK_CONFIGS]
 
 
 # Square's budget is queries (forward passes), a gradient attack's steps (a forward and a backward pass each);
-# the contract tests give step counts, and ten queries a step let the random search show it works at those
-# budgets.
+# Square reads steps as queries, and ten queries a step let its random search show it works at the contract
+# tests' budgets.
 SQUARE_QUERIES_PER_STEP = 10
 
 

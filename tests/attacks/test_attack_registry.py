@@ -269,8 +269,8 @@ def test_bad_padam_arguments(kwargs, message):
     "kwargs, message",
     [
         (
-            {"steps": 100},
-            "square has no steps: its budget is queries \\(forward passes per image\\), got steps=100",
+            {"queries": 100, "steps": 3},
+            "square got queries=100 and steps=3: both are its budget \\(forward passes per image\\); give one",
         ),
         ({"queries": 0}, "queries must be an integer >= 1, got 0"),
         ({"norm": "l2", "eps": 0.5}, "square attacks the linf ball only; norm must be 'linf', got 'l2'"),
@@ -289,6 +289,9 @@ def test_square_steps_are_its_queries():
     attack = build_attack("square", queries=123)
     assert attack.steps == attack.queries == 123
     assert "steps=123" in repr(attack)
+    assert build_attack("square", steps=7).queries == 7
+    assert build_attack("square", queries=7, steps=7).queries == 7
+    assert build_attack("square").queries == 1000
 
 
 @pytest.mark.parametrize("background_class", [0, None])
