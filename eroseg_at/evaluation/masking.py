@@ -42,8 +42,8 @@ REPEATABILITY = "repeatability"
 
 # How far (in [0, 1] units of mIoU and of pixel accuracy) a black-box attack must end below the white-box worst
 # case to flag it. Square at the checks' budget is a single, much weaker member than a gradient ensemble on a
-# model with useful gradients (docs/EVALUATION.md has the measured gaps), so ending below it at all is
-# suspicious; the margin only absorbs the noise of a small subset.
+# model with useful gradients (measured gaps in docs/ATTACKS.md, "What Square is for"), so ending below it at
+# all is suspicious; the margin only absorbs the noise of a small subset.
 BLACK_BOX_MARGIN = 0.01
 # How much a score may rise with eps or with iterations before it is flagged: random starts alone move a small
 # subset's figures by a fraction of a point.
@@ -51,8 +51,8 @@ RISE_TOLERANCE = 0.005
 # At the large eps, the share of the clean correct pixels that may still be correct.
 LARGE_EPS_MAX_SURVIVING = 0.5
 # gradient_health: a gradient is vanishing when, to first order, it moves the loss by less than this over the
-# whole ℓ∞ ball (eps · ‖∇L‖₁, in nats of mean cross-entropy); a model with working gradients moves it by
-# orders of magnitude more.
+# whole ℓ∞ ball (eps · ‖∇L‖₁, in the loss's units: nats for the cross-entropies); a model with working
+# gradients moves it by orders of magnitude more.
 VANISHING_CHANGE = 1e-6
 # The share of images (with valid pixels) whose gradient may be unhealthy before the check fires.
 GRADIENT_MAX_UNHEALTHY_SHARE = 0.05
