@@ -102,7 +102,7 @@ class Square(Attack):
         if queries is not None and steps is not None and queries != steps:
             raise ValueError(
                 f"square got queries={queries!r} and steps={steps!r}: both are its budget (forward passes per "
-                "image); give one (to train with it, set adversarial.attack_steps=null)"
+                "image); give one"
             )
         budget = next((value for value in (queries, steps) if value is not None), DEFAULT_QUERIES)
         super().__init__(steps=integer(budget, "queries", 1), **kwargs)
