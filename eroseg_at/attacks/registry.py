@@ -9,11 +9,15 @@ from eroseg_at.attacks.base import Attack, DatasetFacts
 from eroseg_at.attacks.cospgd import CosPGD
 from eroseg_at.attacks.cw import CW
 from eroseg_at.attacks.eroseg import EroSeg
+from eroseg_at.attacks.padam import PAdam
 from eroseg_at.attacks.pgd import PGD
 from eroseg_at.attacks.rppgd import RPPGD
 from eroseg_at.attacks.segpgd import SegPGD
+from eroseg_at.attacks.square import Square
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (PGD, SegPGD, CosPGD, RPPGD, CW, EroSeg, APGD)}
+ATTACKS: dict[str, type[Attack]] = {
+    cls.name: cls for cls in (PGD, SegPGD, CosPGD, RPPGD, CW, EroSeg, APGD, PAdam, Square)
+}
 
 
 def available_attacks() -> list[str]:
