@@ -110,8 +110,9 @@ class TrainingMethod:
         """The method of a checkpoint written before the record existed, from its stored training config.
 
         Reads the training attack (``attack._target_``, ``attack.steps``, ``attack.eps``) and ``adversarial``
-        (``mode``, ``objective``, ``attack_steps``, ``accumulated.steps``, ``single_step.clip``) with the
-        defaults those keys had when such checkpoints were written.
+        (``mode``, ``objective``, ``single_step.clip``, and where older configs have them ``attack_steps``, which
+        overrode ``attack.steps``, and ``accumulated.steps``, the iterations per visit) with the defaults those
+        keys had when such checkpoints were written.
         """
         attack = config.get("attack")
         if not isinstance(attack, Mapping) or "_target_" not in attack:
@@ -119,7 +120,7 @@ class TrainingMethod:
         adversarial = config.get("adversarial") or {}
         mode = adversarial.get("mode", MULTI_STEP)
         if mode == ACCUMULATED:
-            steps = (adversarial.get("accumulated") or {}).get("steps", 1)
+            steps = (adversarial.get("accumulated") or {}).get("steps") or attack.get("steps")
         elif mode == SINGLE_STEP:
             steps = 1
         else:

@@ -11,7 +11,7 @@ import torch
 from eroseg_at.attacks import EroSeg, build_attack
 from eroseg_at.checkpoint import METHOD_KEY, CheckpointError, TrainingMethod, load_checkpoint
 from eroseg_at.evaluation import evaluate
-from eroseg_at.training.amortised import AccumulatedSettings, SingleStepSettings
+from eroseg_at.training.amortised import SingleStepSettings
 from eroseg_at.training.callbacks import training_method
 from eroseg_at.training.module import AdversarialTraining
 from eroseg_at.training.runner import train
@@ -68,6 +68,13 @@ def stored_config(attack_target: str | None, **adversarial) -> dict:
             ),
             "EroSeg-AT accumulated (1 step/visit, adv_only)",
         ),
+        # Today's configs: attack.steps is the one home of the steps, per visit in the accumulated mode.
+        (
+            stored_config(
+                "eroseg_at.attacks.EroSeg", mode="accumulated", objective="adv_only", accumulated={}
+            ),
+            "EroSeg-AT accumulated (10 steps/visit, adv_only)",
+        ),
         (
             stored_config(
                 "eroseg_at.attacks.PGD",
@@ -93,12 +100,10 @@ def test_training_reads_the_method_from_the_attack_and_settings_it_trains_with()
     assert training_method(module(None)) == TrainingMethod()
     eroseg = EroSeg(steps=5, eps="4/255")
     assert training_method(module(eroseg)).label == "EroSeg5-AT @4/255"
-    accumulated = module(
-        eroseg, mode="accumulated", objective="adv_only", accumulated=AccumulatedSettings(steps=2)
-    )
+    accumulated = module(EroSeg(steps=2, eps="4/255"), mode="accumulated", objective="adv_only")
     assert training_method(accumulated).label == "EroSeg-AT accumulated (2 steps/visit, adv_only) @4/255"
     single = module(
-        build_attack("pgd", steps=3),
+        build_attack("pgd", steps=1),
         mode="single_step",
         objective="adv_only",
         single_step=SingleStepSettings(clip=False),
@@ -130,8 +135,11 @@ AMORTISED = (
 @pytest.mark.parametrize(
     ("overrides", "label"),
     [
-        (("attack=eroseg", "adversarial.mode=accumulated"), "EroSeg-AT accumulated (1 step/visit, adv_only)"),
-        (("attack=pgd", "adversarial.mode=single_step"), "N-FGSM-AT (pgd, adv_only)"),
+        (
+            ("attack=eroseg", "adversarial.mode=accumulated", "attack.steps=1"),
+            "EroSeg-AT accumulated (1 step/visit, adv_only)",
+        ),
+        (("attack=pgd", "adversarial.mode=single_step", "attack.steps=1"), "N-FGSM-AT (pgd, adv_only)"),
     ],
     ids=["accumulated", "single_step"],
 )

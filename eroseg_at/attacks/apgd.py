@@ -12,7 +12,14 @@ from torch import Tensor
 from eroseg_at.attacks.arguments import boolean, choice, number, number_sequence
 from eroseg_at.attacks.base import Attack, Ball, BestIterate, DatasetFacts
 from eroseg_at.attacks.cospgd import cospgd_loss
-from eroseg_at.attacks.objectives import correct_pixels, js_divergence, pixel_cross_entropy, valid_mean
+from eroseg_at.attacks.objectives import (
+    correct_pixels,
+    js_divergence,
+    normalized_label_logit,
+    pixel_cross_entropy,
+    tsallis_cross_entropy,
+    valid_mean,
+)
 from eroseg_at.attacks.segpgd import segpgd_loss
 
 # An APGD loss maps (logits, labels, valid, class weight per pixel or None, 0-based gradient evaluation, total
@@ -58,9 +65,37 @@ def _cospgd(
     return cospgd_loss(logits, labels, valid)
 
 
+def _masked_normalized_label_logit(
+    logits: Tensor, labels: Tensor, valid: Tensor, weights: Tensor | None, step: int, steps: int
+) -> Tensor:
+    correct = correct_pixels(logits, labels, valid)
+    return -valid_mean(correct * normalized_label_logit(logits, labels, valid), valid)
+
+
+# TsallisPGD's schedule: q rises linearly from Q_START to Q_END over the attack (aam-at/tsallis_pgd, q_linear).
+TSALLIS_Q_START = -2.0
+TSALLIS_Q_END = 1.0
+
+
+def tsallis_q(step: int, steps: int) -> float:
+    """The Tsallis q at 0-based gradient evaluation ``step`` of ``steps``: ``q_start + (q_end − q_start)·step/steps``.
+
+    From −2 at the first evaluation towards 1 (plain CE), which the evaluation after the last would reach.
+    """
+    return TSALLIS_Q_START + (TSALLIS_Q_END - TSALLIS_Q_START) * step / steps
+
+
+def _tsallis(
+    logits: Tensor, labels: Tensor, valid: Tensor, weights: Tensor | None, step: int, steps: int
+) -> Tensor:
+    return valid_mean(tsallis_cross_entropy(logits, labels, valid, tsallis_q(step, steps)), valid)
+
+
 # Per-image losses to ascend: ce = mean CE; mce = CE on still-correct pixels only; mce_balanced = mce with a
 # weight per label class; js = Jensen–Shannon divergence between softmax and onehot(y); segpgd = SegPGD's
-# λ_t-split CE over the gradient evaluations; cospgd = CosPGD's cosine-weighted CE.
+# λ_t-split CE over the gradient evaluations; cospgd = CosPGD's cosine-weighted CE; mask_norm_corrlog = minus the
+# L2-normalised label logit on still-correct pixels (Halmosi et al.); tsallis = Tsallis CE with q scheduled
+# from −2 to 1 over the gradient evaluations (TsallisPGD).
 APGD_LOSSES: dict[str, APGDLoss] = {
     "ce": _cross_entropy,
     "mce": _masked_cross_entropy,
@@ -68,6 +103,8 @@ APGD_LOSSES: dict[str, APGDLoss] = {
     "js": _js_divergence,
     "segpgd": _segpgd,
     "cospgd": _cospgd,
+    "mask_norm_corrlog": _masked_normalized_label_logit,
+    "tsallis": _tsallis,
 }
 
 # Where mce_balanced's class weights come from: "dataset" = the class_weights argument (one per class, e.g.
@@ -175,7 +212,10 @@ class APGD(Attack):
     ``1/|V| Σ 1[ŷ=y] CE``; ``mce_balanced`` = ``1/|V| Σ w_y 1[ŷ=y] CE`` (w: ``class_weights``, or per image
     with ``class_weighting="image"``); ``js`` = ``1/|V| Σ JS(softmax(f), onehot(y))``; ``segpgd`` = SegPGD's
     loss with ``λ_t`` over the ``steps`` gradient evaluations (:func:`~eroseg_at.attacks.segpgd.segpgd_loss`);
-    ``cospgd`` = CosPGD's loss (:func:`~eroseg_at.attacks.cospgd.cospgd_loss`).
+    ``cospgd`` = CosPGD's loss (:func:`~eroseg_at.attacks.cospgd.cospgd_loss`); ``mask_norm_corrlog`` =
+    ``−1/|V| Σ 1[ŷ=y] f_y/‖f‖₂`` (the label's logit after L2 normalisation over classes, on still-correct
+    pixels); ``tsallis`` = ``1/|V| Σ (1 − p_y^(1−q_k))/(1 − q_k)`` with ``q_k`` from −2 to 1 over the ``steps``
+    gradient evaluations (:func:`tsallis_q`; SegPGD's and Tsallis' losses change with k, so track CE with them).
 
     Args:
         eps: Ball radius of the output, default ``"8/255"``.
@@ -183,7 +223,8 @@ class APGD(Attack):
         norm: ``"linf"`` (default) or ``"l2"``.
         random_start: Uniform random start in the first stage's ball, default True.
         ignore_index: Label that never contributes, default 255.
-        loss: One of ``ce`` (default), ``mce``, ``mce_balanced``, ``js``, ``segpgd``, ``cospgd``.
+        loss: One of ``ce`` (default), ``mce``, ``mce_balanced``, ``js``, ``segpgd``, ``cospgd``,
+            ``mask_norm_corrlog``, ``tsallis``.
         class_weights: One non-negative weight per class; required by ``mce_balanced`` with
             ``class_weighting="dataset"``, refused otherwise.
         class_weighting: ``mce_balanced`` only: ``"dataset"`` (default, the ``class_weights``) or ``"image"``
@@ -205,7 +246,9 @@ class APGD(Attack):
         Croce, Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
         parameter-free attacks", ICML 2020; Croce, Singh, Hein, "Towards Reliable Evaluation and Fast
         Training of Robust Semantic Segmentation Models", ECCV 2024 (the segmentation losses, the
-        progressive radius, CE tracking and early stop).
+        progressive radius, CE tracking and early stop); Halmosi, Mohos, Jelasity, "Evaluating the Adversarial
+        Robustness of Semantic Segmentation: Trying Harder Pays Off", ECCV 2024 (``mask_norm_corrlog``);
+        Matyasko et al., "TsallisPGD", IJCNN 2026 (``tsallis``).
     """
 
     name = "apgd"

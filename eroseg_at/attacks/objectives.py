@@ -106,3 +106,32 @@ def js_divergence(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
     p = log_p.exp()
     divergence = 0.5 * (2 * math.log(2.0) + p * log_p - (1 + p) * torch.log1p(p))
     return divergence.masked_fill(~valid, 0.0)
+
+
+def normalized_label_logit(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+    """``f_y / ‖f‖₂`` of each pixel: its label's logit after L2 normalisation over the classes (0 at invalid pixels).
+
+    Equal to the cosine similarity between the logit vector and ``onehot(y)``. Logits that are all 0 give 0.
+
+    Shape:
+        logits: [B, C, H, W]; labels, valid: [B, H, W]; output: [B, H, W].
+    """
+    label_logit = logits.gather(1, _safe_labels(labels, valid).unsqueeze(1)).squeeze(1)
+    # 1e-12 only guards the all-zero logit vector; it is far below any norm a model produces.
+    return (label_logit / logits.norm(dim=1).clamp_min(1e-12)).masked_fill(~valid, 0.0)
+
+
+def tsallis_cross_entropy(logits: Tensor, labels: Tensor, valid: Tensor, q: float) -> Tensor:
+    """Tsallis cross-entropy ``(1 − p_y^(1−q)) / (1 − q)`` of each pixel; ``−log p_y`` (plain CE) at q = 1.
+
+    Its gradient is CE's scaled by ``p_y^(1−q)``: for q < 1 pixels still confidently right weigh most and pixels
+    already lost (small ``p_y``) hardly at all. Computed from ``log p_y`` as ``−expm1((1−q) log p_y)/(1−q)``, so a
+    vanishing ``p_y`` gives a finite value and gradient.
+
+    Shape:
+        logits: [B, C, H, W]; labels, valid: [B, H, W]; output: [B, H, W] (0 at invalid pixels).
+    """
+    log_p = label_log_probability(logits, labels, valid)
+    if q == 1:
+        return -log_p
+    return -torch.expm1((1 - q) * log_p) / (1 - q)

@@ -147,7 +147,8 @@ class ResultRow:
         resumed_images: Images of the pass taken from the per-batch results of an interrupted run.
         description: The attack as it ran (typed: step, radius schedule, early stop); None without an attack.
         iterations_run: Gradient evaluations per attacked image actually run, on average, in the run that
-            computed the pass; None without an attack or without computed images.
+            computed the pass (0 for a black-box attack such as Square, whose ``steps`` are forward queries);
+            None without an attack or without computed images.
     """
 
     kind: RowKind
@@ -196,7 +197,8 @@ def clean_row(result: PassResult) -> ResultRow:
 
 def attack_row(run: AttackRun, description: AttackDescription, result: PassResult) -> ResultRow:
     """The report row of a suite run's finished pass."""
-    computed = result.computed_images and result.seconds > 0
+    # A black-box attack (Square) runs no gradient evaluation: it has no such throughput.
+    computed = result.computed_images and result.seconds > 0 and result.gradient_evaluations > 0
     return ResultRow(
         kind=run.kind,
         key=run.key,

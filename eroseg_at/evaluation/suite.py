@@ -40,7 +40,7 @@ from eroseg_at.evaluation.errors import EvaluationError
 # Keys of a member that describe the member, not the attack.
 MEMBER_KEYS = ("_target_", "label")
 # The budget every preset of the attack group carries; a member whose eps differs set its own.
-GROUP_EPS = OmegaConf.load(CONF_DIR / "attack" / "common" / "attack.yaml").eps
+GROUP_EPS = OmegaConf.load(CONF_DIR / "attack" / "common" / "threat.yaml").eps
 DATASET_REFERENCE = "${dataset."
 
 

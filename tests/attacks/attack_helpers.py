@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 
-from eroseg_at.attacks import Attack, available_attacks, build_attack
+from eroseg_at.attacks import Attack, Square, available_attacks, build_attack
+from eroseg_at.attacks.registry import ATTACKS
 
 NUM_CLASSES = 4
 
@@ -88,8 +90,9 @@ SEA = {
     "early_stop": True,
 }
 
-# Every registered attack, APGD once per loss and class weighting, and APGD under SEA's protocol: no attack,
-# objective or option can skip the contract suite. SEA's three stages need steps >= 3.
+# Every registered attack, APGD and PAdam once per loss (and class weighting), APGD under SEA's protocol and
+# Square once per objective: no attack, objective or option can skip the contract suite. SEA's three stages
+# need steps >= 3.
 ATTACK_CONFIGS = [(name, {}) for name in available_attacks()] + [
     ("apgd", {"loss": "mce"}),
     ("apgd", {"loss": "mce_balanced", "class_weights": [0.5, 1.0, 2.0, 4.0]}),
@@ -97,7 +100,11 @@ ATTACK_CONFIGS = [(name, {}) for name in available_attacks()] + [
     ("apgd", {"loss": "js"}),
     ("apgd", {"loss": "segpgd"}),
     ("apgd", {"loss": "cospgd"}),
+    ("apgd", {"loss": "mask_norm_corrlog"}),
+    ("apgd", {"loss": "tsallis", "track_loss": "ce"}),
     ("apgd", {"loss": "mce", **SEA}),
+    ("padam", {"loss": "cos"}),
+    ("square", {"objective": "margin"}),
 ]
 
 
@@ -106,15 +113,36 @@ def config_id(config: tuple[str, dict]) -> str:
     name, kwargs = config
     if "radius_factors" in kwargs:
         return f"{name}-{kwargs['loss']}-sea"
-    return "-".join([name, *(str(value) for key, value in kwargs.items() if key != "class_weights")])
+    shown = ("class_weights", "track_loss")
+    return "-".join([name, *(str(value) for key, value in kwargs.items() if key not in shown)])
 
 
 CONFIG_IDS = [config_id(config) for config in ATTACK_CONFIGS]
 
 
+# Square's budget is queries (forward passes), a gradient attack's steps (a forward and a backward pass each);
+# Square reads steps as queries, and ten queries a step let its random search show it works at the contract
+# tests' budgets.
+SQUARE_QUERIES_PER_STEP = 10
+
+
+def is_gradient_free(config: tuple[str, dict]) -> bool:
+    """Whether the configured attack queries the model's outputs only (Square)."""
+    return ATTACKS[config[0]] is Square
+
+
 def build(config: tuple[str, dict], **kwargs) -> Attack:
+    """The configured attack with ``kwargs``; a ``steps`` budget becomes Square's queries."""
     name, config_kwargs = config
+    if is_gradient_free(config) and "steps" in kwargs:
+        kwargs["queries"] = kwargs.pop("steps") * SQUARE_QUERIES_PER_STEP
     return build_attack(name, **config_kwargs, **kwargs)
+
+
+def skip_unless_norm_supported(config: tuple[str, dict], norm: str) -> None:
+    """Skips a test of ``norm`` for an attack that refuses it (Square attacks the ℓ∞ ball only)."""
+    if norm != "linf" and is_gradient_free(config):
+        pytest.skip(f"{config[0]} attacks the linf ball only")
 
 
 # Projection happens in float32: allow one rounding step beyond the ball.

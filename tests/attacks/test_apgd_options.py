@@ -288,6 +288,15 @@ def test_dataset_weights_are_supplied_only_to_dataset_weighting():
 
 
 def test_the_module_has_every_loss_documented():
-    assert sorted(APGD_LOSSES) == ["ce", "cospgd", "js", "mce", "mce_balanced", "segpgd"]
+    assert sorted(APGD_LOSSES) == [
+        "ce",
+        "cospgd",
+        "js",
+        "mask_norm_corrlog",
+        "mce",
+        "mce_balanced",
+        "segpgd",
+        "tsallis",
+    ]
     for name in APGD_LOSSES:
         assert f"``{name}``" in APGD.__doc__

@@ -15,6 +15,7 @@ from eroseg_at.attacks.apgd import (
     apgd_checkpoint_lengths,
     balanced_class_weights,
     image_class_weights,
+    tsallis_q,
 )
 from eroseg_at.attacks.cospgd import cospgd_weights
 from eroseg_at.attacks.eroseg import eroseg_class_weights, eroseg_sensitive_set, eroseg_threshold
@@ -22,11 +23,15 @@ from eroseg_at.attacks.objectives import (
     image_mean,
     js_divergence,
     margin,
+    normalized_label_logit,
     pixel_cross_entropy,
+    tsallis_cross_entropy,
     valid_mean,
 )
+from eroseg_at.attacks.padam import PADAM_LOSSES, padam_cosine_distance
 from eroseg_at.attacks.rppgd import prototype_similarity, rppgd_region_weights, rppgd_regions
 from eroseg_at.attacks.segpgd import segpgd_lambda
+from eroseg_at.attacks.square import remaining_margin
 from eroseg_at.predictions import predicted_classes
 
 
@@ -184,6 +189,98 @@ def test_apgd_segpgd_and_cospgd_losses_are_the_attacks_objectives():
     # λ_t over the whole budget: at the last of 4 evaluations the wrong pixels weigh 3/8.
     later = APGD_LOSSES["segpgd"](logits, labels, valid, None, 3, 4)
     assert not torch.equal(later, APGD_LOSSES["segpgd"](logits, labels, valid, None, 0, 4))
+
+
+# The new members' losses against the definitions written out pixel by pixel in plain Python (math, loops), on
+# hand-made logits with a wrong pixel, an ignored pixel and a second image.
+HAND_LOGITS = [
+    [[2.0, -1.0, 0.5], [0.2, 0.3, -2.0], [1.0, 1.0, 3.0], [-0.5, 4.0, 0.0]],
+    [[0.0, 0.0, 1.0], [3.0, 2.0, 1.0], [0.1, -0.1, 0.05], [5.0, -5.0, 0.0]],
+]
+HAND_LABELS = [[0, 0, 255, 1], [2, 1, 0, 0]]  # image 0: correct, wrong, ignored, correct
+
+
+def hand_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits [2, 3, 1, 4] (class vectors per pixel as in HAND_LOGITS), labels [2, 1, 4], valid."""
+    logits = torch.tensor(HAND_LOGITS).permute(0, 2, 1).unsqueeze(2).contiguous()
+    labels = torch.tensor(HAND_LABELS).unsqueeze(1)
+    return logits, labels, labels != 255
+
+
+def hand_pixels():
+    """Per image, the (logit vector, label) of its valid pixels."""
+    return [
+        [(vector, label) for vector, label in zip(vectors, labels, strict=True) if label != 255]
+        for vectors, labels in zip(HAND_LOGITS, HAND_LABELS, strict=True)
+    ]
+
+
+def probabilities_of(vector: list[float]) -> list[float]:
+    exponentials = [math.exp(value) for value in vector]
+    return [value / sum(exponentials) for value in exponentials]
+
+
+def test_apgd_mask_norm_corrlog_is_minus_the_normalised_label_logit_on_correct_pixels():
+    logits, labels, valid = hand_tensors()
+    expected = []
+    for pixels in hand_pixels():
+        total = 0.0
+        for vector, label in pixels:
+            if max(range(len(vector)), key=lambda k: vector[k]) == label:
+                total -= vector[label] / math.sqrt(sum(value * value for value in vector))
+        expected.append(total / len(pixels))
+    loss = APGD_LOSSES["mask_norm_corrlog"](logits, labels, valid, None, 0, 1)
+    assert loss.tolist() == pytest.approx(expected, rel=1e-6)
+    assert normalized_label_logit(torch.zeros(1, 3, 1, 1), row([1]), row([1]) != 255).item() == 0.0
+
+
+def test_tsallis_q_runs_from_minus_two_towards_one():
+    assert [tsallis_q(step, 4) for step in range(4)] == [-2.0, -1.25, -0.5, 0.25]
+
+
+@pytest.mark.parametrize("step", [0, 1, 3])
+def test_apgd_tsallis_loss_is_the_tsallis_cross_entropy_at_the_scheduled_q(step):
+    logits, labels, valid = hand_tensors()
+    q = -2.0 + 3.0 * step / 4
+    expected = []
+    for pixels in hand_pixels():
+        values = [(1 - probabilities_of(vector)[label] ** (1 - q)) / (1 - q) for vector, label in pixels]
+        expected.append(sum(values) / len(values))
+    loss = APGD_LOSSES["tsallis"](logits, labels, valid, None, step, 4)
+    assert loss.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_tsallis_cross_entropy_is_plain_ce_at_q_one_and_finite_when_the_label_probability_underflows():
+    logits, labels, valid = hand_tensors()
+    ce = pixel_cross_entropy(logits, labels, valid)
+    assert torch.equal(tsallis_cross_entropy(logits, labels, valid, 1.0), ce)
+    assert torch.allclose(tsallis_cross_entropy(logits, labels, valid, 1 - 1e-4), ce, rtol=1e-3)
+    underflow = torch.tensor([[[[0.0]], [[200.0]]]], requires_grad=True)
+    value = tsallis_cross_entropy(underflow, row([0]), row([0]) != 255, -2.0)
+    (gradient,) = torch.autograd.grad(value.sum(), underflow)
+    assert value.item() == pytest.approx(1 / 3) and torch.isfinite(gradient).all()
+
+
+def test_padam_losses_are_mean_ce_and_the_cosine_distance_between_logits_and_label():
+    logits, labels, valid = hand_tensors()
+    expected_ce, expected_cos = [], []
+    for pixels in hand_pixels():
+        expected_ce.append(sum(-math.log(probabilities_of(v)[y]) for v, y in pixels) / len(pixels))
+        # cos(f, e_y) = f·e_y / (‖f‖ ‖e_y‖) with ‖e_y‖ = 1.
+        cosines = [v[y] / math.sqrt(sum(value * value for value in v)) for v, y in pixels]
+        expected_cos.append(sum(1 - cosine for cosine in cosines) / len(pixels))
+    assert PADAM_LOSSES["ce"](logits, labels, valid).tolist() == pytest.approx(expected_ce, rel=1e-6)
+    assert PADAM_LOSSES["cos"](logits, labels, valid).tolist() == pytest.approx(expected_cos, rel=1e-6)
+    assert padam_cosine_distance(logits, labels, valid)[0, 0, 2] == 0  # the ignored pixel
+
+
+def test_square_remaining_margin_counts_still_correct_pixels_only():
+    logits, labels, valid = hand_tensors()
+    expected = []
+    for pixels in hand_pixels():
+        margins = [max(v[y] - max(v[k] for k in range(len(v)) if k != y), 0.0) for v, y in pixels]
+        expected.append(sum(margins) / len(pixels))
+    assert remaining_margin(logits, labels, valid).tolist() == pytest.approx(expected, rel=1e-6)
 
 
 def test_balanced_class_weights_per_row():
