@@ -59,8 +59,13 @@ def test_every_attack_option_builds(option, tmp_path):
     attack = build_train_attack(cfg)
     if option == "none":
         assert attack is None
+    elif "steps" in cfg.attack:
+        # The training default is 3 iterations; a preset that carries its paper's budget (PAdam: 200) keeps it.
+        assert attack.name and attack.steps == cfg.attack.steps
+        assert cfg.attack.steps == (200 if option.startswith("padam") else 3)
     else:
-        assert attack.name and attack.steps == cfg.attack.steps == 3
+        # Square counts queries, not gradient steps.
+        assert attack.name == "square" and "queries" in cfg.attack
 
 
 @pytest.mark.parametrize("option", group_options("schedule"))
