@@ -66,17 +66,17 @@ def reports_user_errors(program: str) -> Callable[[Callable[[DictConfig], Any]],
 def train_app(cfg: DictConfig) -> float | None:
     """Train a segmentation model, standard or adversarial: ``eroseg-train attack=eroseg model=deeplabv3``."""
     result = train(cfg)
+    mious = {} if result.validation is None else result.validation.miou
     print(f"\nrun directory: {result.output_dir}")
-    for key, value in result.val_scores.items():
-        if "miou_" in key:
-            print(f"final val mIoU ({key.removeprefix('val/miou_')}): {100 * value:.2f}")
+    for name, value in mious.items():
+        print(f"final val mIoU ({name}): {value:.2f}")
     for kind, path in (("best", result.best_checkpoint), ("last", result.last_checkpoint)):
         if path is not None and path.is_file():
             print(f"{kind} checkpoint: {path}")
     if result.wandb_dir is not None:
         print(f"W&B run directory (offline runs: `wandb sync {result.wandb_dir}`): {result.wandb_dir}")
-    # Returned for Hydra sweepers that optimise a value.
-    return result.val_scores.get("val/miou_clean")
+    # Returned for Hydra sweepers that optimise a value (percent).
+    return mious.get("clean")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")

@@ -103,12 +103,17 @@ def test_eps_ramps_linearly_over_the_warmup_epochs(tiny_train_config, tmp_path):
     assert [call["eps"] for call in attack.calls] == pytest.approx([full / 4, full / 2])
 
 
-def test_training_attack_takes_its_steps_from_the_schedule(tiny_train_config):
-    module, _ = build_parts(tiny_train_config("attack=eroseg", "adversarial.attack_steps=7"))
+def test_the_training_attack_takes_its_steps_from_attack_steps_alone(tiny_train_config):
+    default, _ = build_parts(tiny_train_config("attack=eroseg"))
+    assert default.train_attack.steps == 3  # EroSeg-AT's
+    module, _ = build_parts(tiny_train_config("attack=eroseg", "attack.steps=7"))
     assert module.train_attack.steps == 7 and module.train_attack.name == "eroseg"
     # Validation attacks are separate objects with their own settings (PGD-10 at the training eps).
     assert module.validation.attacks["pgd10"].steps == 10
     assert module.validation.attacks["pgd10"].eps == pytest.approx(8 / 255)
+    # The key that once overrode attack.steps is gone: a command that still sets it is refused by name.
+    with pytest.raises(Exception, match="attack_steps"):
+        tiny_train_config("attack=eroseg", "adversarial.attack_steps=7")
 
 
 @pytest.mark.parametrize(
@@ -123,7 +128,7 @@ def test_training_attack_takes_its_steps_from_the_schedule(tiny_train_config):
 )
 def test_bad_attack_settings_are_refused_before_training(tiny_train_config, override, message):
     with pytest.raises(Exception, match=message):
-        train(tiny_train_config("attack=pgd", "adversarial.attack_steps=null", override))
+        train(tiny_train_config("attack=pgd", override))
 
 
 def test_unknown_objective_is_refused(tiny_train_config):
@@ -163,19 +168,17 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(
 
 def test_bf16_mixed_precision_adversarial_step_runs_on_cpu(tiny_train_config):
     result = train(
-        tiny_train_config(
-            "attack=eroseg", "debug=fdr", "trainer.precision=bf16-mixed", "adversarial.attack_steps=2"
-        )
+        tiny_train_config("attack=eroseg", "debug=fdr", "trainer.precision=bf16-mixed", "attack.steps=2")
     )
-    assert 0.0 <= result.val_scores["val/miou_clean"] <= 1.0
-    assert 0.0 <= result.val_scores["val/miou_pgd10"] <= 1.0
+    assert 0.0 <= result.validation.miou["clean"] <= 100.0
+    assert 0.0 <= result.validation.miou["pgd10"] <= 100.0
 
 
 def test_ddp_spawn_adversarial_training_and_synced_validation_match_one_process(tiny_train_config, tmp_path):
     # Deterministic validation attack, so one process and two processes must agree exactly.
     overrides = (
         "attack=eroseg",
-        "adversarial.attack_steps=1",
+        "attack.steps=1",
         "validation.attacks.pgd10.random_start=false",
         "validation.attacks.pgd10.steps=2",
         "validation.attack_batches=null",

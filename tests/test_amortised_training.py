@@ -3,15 +3,19 @@ single-step modes, the adv-only objective, resume, DDP, the collapse guard and t
 
 from __future__ import annotations
 
-import warnings
+import csv
+import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from eroseg_at.attacks import EroSeg, build_attack
 from eroseg_at.data.geometry import SampleGeometry
+from eroseg_at.training import runner
 from eroseg_at.training.amortised import (
     AccumulatedPerturbations,
     AccumulatedSettings,
@@ -21,8 +25,18 @@ from eroseg_at.training.amortised import (
 from eroseg_at.training.callbacks import RobustCollapseGuard
 from eroseg_at.training.erosion import ErosionRecord, common_window, erosion_figure, load_records, panels_of
 from eroseg_at.training.module import AdversarialTraining
-from eroseg_at.training.perturbations import LAST_EPOCH, STEPS, VISITS, PerturbationStore
+from eroseg_at.training.perturbations import (
+    FRAME_HEIGHT,
+    FRAME_WIDTH,
+    LAST_EPOCH,
+    STEPS,
+    VISITS,
+    PerturbationStore,
+    copy_store,
+    store_layout,
+)
 from eroseg_at.training.runner import train
+from eroseg_at.training.store_checkpoints import snapshot_path
 from tests.test_adversarial_training import RecordingAttack, build_parts, fit
 
 EPS = 8 / 255
@@ -92,31 +106,71 @@ def test_step_from_keeps_the_contract_and_radius_one_leaves_the_ball():
 
 
 # ------------------------------------------------------------------------------------------ the store
+DATASET = {"name": "noise", "seed": 0}
+
+
+def layout(frames, eps=EPS, dataset=DATASET):
+    return store_layout(dataset, frames, eps)
+
+
 def test_store_is_int8_in_units_of_eps_over_127_and_bounded_in_eps(tmp_path):
-    store = PerturbationStore(tmp_path, [(4, 5), (6, 6)], EPS, create=True)
-    assert store.values.dtype == np.int8 and store.bytes_per_image == (3 * 20 + 3 * 36) / 2 + 12
+    store = PerturbationStore(tmp_path, layout([(4, 5), (6, 6)]), create=True)
+    assert store.values.dtype == np.int8 and store.bytes_per_image == (3 * 20 + 3 * 36) / 2 + 20
     wanted = [torch.linspace(-2 * EPS, 2 * EPS, 60).view(3, 4, 5), torch.full((3, 6, 6), 0.3 * EPS)]
     store.write([0, 1], wanted)
-    first, second = store.read([0, 1], EPS)
+    first, second = store.read([0, 1], [(4, 5), (6, 6)], EPS)
     assert first.abs().max() == pytest.approx(EPS) and first.shape == (3, 4, 5)
     inside = wanted[0].abs() <= EPS
     assert (first - wanted[0])[inside].abs().max() <= EPS / 254 + 1e-7
     assert (second - 0.3 * EPS).abs().max() <= EPS / 254 + 1e-7
     # A smaller eps (the warm-up ramp) clips what was stored at the full one.
-    assert store.read([0], EPS / 2)[0].abs().max() == pytest.approx(EPS / 2)
-    with pytest.raises(ValueError, match="holds another layout"):
-        PerturbationStore(tmp_path, [(4, 5)], EPS, create=False)
+    assert store.read([0], [(4, 5)], EPS / 2)[0].abs().max() == pytest.approx(EPS / 2)
 
 
-def test_store_copy_carries_values_and_counters(tmp_path):
-    old = PerturbationStore(tmp_path / "old", [(4, 4)] * 3, EPS, create=True)
+def test_store_keeps_each_perturbation_in_its_frame_and_reads_zero_in_another(tmp_path):
+    store = PerturbationStore(tmp_path, layout([(6, 7)] * 2), create=True)
+    assert store.frames([0, 1]) == [(0, 0), (0, 0)]
+    small = torch.arange(3 * 4 * 5, dtype=torch.float32).view(3, 4, 5) / 60 * EPS
+    store.write([1], [small])
+    assert store.frames([0, 1]) == [(0, 0), (4, 5)]
+    assert torch.allclose(store.read([1], [(4, 5)], EPS)[0], small, atol=EPS / 254 + 1e-7)
+    # Another frame (the image's scale changed): nothing to carry.
+    assert not store.read([1], [(6, 7)], EPS)[0].any()
+    with pytest.raises(ValueError, match=r"frame \(7, 7\) exceeds the largest frame \(6, 7\)"):
+        store.write([0], [torch.zeros(3, 7, 7)])
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        (layout([(6, 7)] * 2, eps=4 / 255), r"eps 0.0313\d* instead of 0.0156\d* \(attack.eps\)"),
+        (
+            layout([(6, 7)] * 2, dataset={"name": "noise", "seed": 1}),
+            "dataset .*'seed': 0.* instead of .*'seed': 1",
+        ),
+        (layout([(6, 7)] * 3), "2 images instead of 3"),
+        (layout([(6, 7), (8, 7)]), r"image 1 has a frame of \(6, 7\) instead of \(8, 7\)"),
+    ],
+)
+def test_a_store_of_another_run_is_refused_naming_the_difference(tmp_path, other, message):
+    PerturbationStore(tmp_path, layout([(6, 7)] * 2), create=True)
+    with pytest.raises(ValueError, match=f"written for another run: it holds {message}"):
+        PerturbationStore(tmp_path, other, create=False)
+
+
+def test_store_copy_and_restore_carry_values_and_counters(tmp_path):
+    old = PerturbationStore(tmp_path / "old", layout([(4, 4)] * 3), create=True)
     old.write([1], [torch.full((3, 4, 4), EPS / 2)])
-    old.counters[1] = (5, 2, 7)
+    old.counters[1, :3] = (5, 2, 7)
     old.flush()
-    new = PerturbationStore(tmp_path / "new", [(4, 4)] * 3, EPS, create=True)
-    new.copy_from(tmp_path / "old")
-    assert torch.allclose(new.read([1], EPS)[0], torch.tensor(EPS / 2), atol=EPS / 254)
-    assert new.counters[1].tolist() == [5, 2, 7] and not new.counters[0].any()
+    copy_store(tmp_path / "old", tmp_path / "copy")
+    assert not (tmp_path / "copy.partial").exists()
+    new = PerturbationStore(tmp_path / "new", layout([(4, 4)] * 3), create=True)
+    new.restore(tmp_path / "copy")
+    assert torch.allclose(new.read([1], [(4, 4)], EPS)[0], torch.tensor(EPS / 2), atol=EPS / 254)
+    assert new.counters[1].tolist() == [5, 2, 7, 4, 4] and not new.counters[0].any()
+    with pytest.raises(ValueError, match="3 images instead of 4"):
+        PerturbationStore(tmp_path / "other", layout([(4, 4)] * 4), create=True).restore(tmp_path / "copy")
 
 
 # ----------------------------------------------------------------------------- the accumulated visit
@@ -133,48 +187,97 @@ class SpyEroSeg(EroSeg):
         return super().step_from(model, images, labels, start, iterations, alpha, radius)
 
 
-def accumulated(tmp_path, count=4, restart_visits=4, steps=1, stale_epochs=2):
-    attack = SpyEroSeg(steps=1, background_class=None)
-    store = PerturbationStore(tmp_path, [(8, 8)] * count, EPS, create=True)
-    settings = AccumulatedSettings(steps=steps, restart_visits=restart_visits, stale_epochs=stale_epochs)
+def accumulated(tmp_path, count=4, restart_visits=4, steps=1, stale_epochs=2, frame=(8, 8)):
+    attack = SpyEroSeg(steps=steps, background_class=None)
+    store = PerturbationStore(tmp_path, layout([frame] * count), create=True)
+    settings = AccumulatedSettings(restart_visits=restart_visits, stale_epochs=stale_epochs)
     return AccumulatedPerturbations(settings, attack, store), attack, store
 
 
-def test_a_visit_stores_the_perturbation_in_image_coordinates_and_the_next_visit_continues_it(tmp_path):
-    amortised, attack, store = accumulated(tmp_path)
+def cropped_geometry(indices, frame=(10, 11), crop=(1, 2, 8, 8), flipped=None):
+    """Samples whose 8 x 8 crop lies inside their frame, off-centre (the frame's border is not covered)."""
+    count = len(indices)
+    return SampleGeometry(
+        index=torch.tensor(indices),
+        source_size=torch.tensor([frame] * count),
+        frame_size=torch.tensor([frame] * count),
+        pad=torch.zeros(count, 4, dtype=torch.int64),
+        crop=torch.tensor([crop] * count),
+        flipped=torch.tensor(flipped or [False] * count),
+    )
+
+
+def in_frame(crops, geometry):
+    """What the crops show, put back in the frames (0 outside the crop): the test's own inverse of the view."""
+    out = []
+    for b, crop in enumerate(crops):
+        (y0, x0, h, w), frame = geometry.crop[b].tolist(), geometry.frames()[b]
+        canvas = torch.zeros(crop.shape[0], *frame)
+        canvas[:, y0 : y0 + h, x0 : x0 + w] = crop.flip(-1) if geometry.flipped[b] else crop
+        out.append(canvas)
+    return out
+
+
+def test_a_visit_stores_the_perturbation_in_the_frame_and_the_next_visit_continues_it(tmp_path):
+    amortised, attack, store = accumulated(tmp_path, frame=(10, 11))
     model = PixelModel()
     images, labels = batch(2)
-    flipped = identity_geometry([0, 1], flipped=[True, False])
-    x, first = amortised.adversarial(model, images, labels, flipped, epoch=0)
+    geometry = cropped_geometry([0, 1], flipped=[True, False])
+    x, first = amortised.adversarial(model, images, labels, geometry, epoch=0)
     assert first.restarted == 1.0 and first.mean_iteration == 0.0
     assert (x - images).abs().max() <= EPS + 1e-6
-    stored = store.read([0, 1], EPS)
-    # Image 0 was flipped: what is stored is the un-flipped perturbation (to the store's rounding).
-    assert torch.allclose(stored[0], (x[0] - images[0]).flip(-1), atol=EPS / 254 + 1e-6)
-    assert torch.allclose(stored[1], x[1] - images[1], atol=EPS / 254 + 1e-6)
-    assert store.counters[[0, 1]].tolist() == [[1, 1, 0], [1, 1, 0]]
-    # Next epoch image 0 comes unflipped: it starts from the stored perturbation, at iteration 1 (its τ_1).
-    _, second = amortised.adversarial(model, images, labels, identity_geometry([0, 1]), epoch=1)
+    stored = store.read([0, 1], geometry.frames(), EPS)
+    # What is stored is the perturbation put back in the frame (un-flipped, at the crop's place, 0 around it),
+    # to the store's rounding.
+    for delta, expected in zip(stored, in_frame(x - images, geometry), strict=True):
+        assert torch.allclose(delta, expected, atol=EPS / 254 + 1e-6)
+    assert store.counters[[0, 1]].tolist() == [[1, 1, 0, 10, 11], [1, 1, 0, 10, 11]]
+    # The next epoch: the same images and geometry start from the stored perturbation, at iteration 1 (τ_1).
+    x2, second = amortised.adversarial(model, images, labels, geometry, epoch=1)
     assert attack.iterations[-1] == [1, 1] and second.restarted == 0.0
-    assert torch.allclose(attack.starts[-1], (images + torch.stack(stored)).clamp(0, 1), atol=1e-6)
+    assert torch.allclose(attack.starts[-1], (images + geometry.view(stored)).clamp(0, 1), atol=1e-6)
+    # The store holds the perturbation the second visit ended at, not that plus what it started from.
+    ended = in_frame(x2 - images, geometry)
+    for delta, expected in zip(store.read([0, 1], geometry.frames(), EPS), ended, strict=True):
+        assert torch.allclose(delta, expected, atol=EPS / 127 + 1e-6)
     assert store.counters[[0, 1], STEPS].tolist() == [2, 2]
 
 
-def test_restarts_at_the_first_visit_then_every_r_visits_staggered_and_when_stale(tmp_path):
+def test_restarts_at_the_first_visit_every_r_visits_staggered_when_stale_and_in_another_frame(tmp_path):
     amortised, _, _ = accumulated(tmp_path, count=4, restart_visits=3, stale_epochs=2)
     indices = torch.arange(4)
 
-    def restarts(visits, last_epoch, epoch):
-        counters = torch.zeros(4, 3, dtype=torch.int32)
+    def restarts(visits, last_epoch, epoch, frames=None):
+        counters = torch.zeros(4, 5, dtype=torch.int64)
         counters[:, VISITS], counters[:, LAST_EPOCH] = visits, last_epoch
-        return amortised.restarts(indices, counters, epoch).tolist()
+        counters[:, FRAME_HEIGHT], counters[:, FRAME_WIDTH] = 8, 9
+        return amortised.restarts(indices, counters, epoch, frames).tolist()
 
     assert restarts(0, 0, 0) == [True] * 4
     # Visit v of image i restarts when (v + i) % R == 0: a third of the images per epoch, not all at once.
     assert restarts(1, 0, 1) == [False, False, True, False]
     assert restarts(2, 1, 2) == [False, True, False, False]
     assert restarts(3, 2, 3) == [True, False, False, True]
-    assert restarts(1, 0, 3) == [True] * 4  # last visit 3 epochs ago > stale_epochs
+    # Stale: the last visit more than stale_epochs (2) ago; exactly 2 ago is not stale.
+    assert restarts(4, 0, 2) == [False, False, True, False]
+    assert restarts(4, 0, 3) == [True] * 4
+    # A visit in another frame (the image's held scale changed) cannot carry the perturbation.
+    assert restarts(1, 0, 1, [(8, 9), (8, 10), (8, 9), (9, 9)]) == [False, True, True, True]
+
+
+def test_the_next_visits_iteration_applies_the_restarts(tmp_path):
+    amortised, _, store = accumulated(tmp_path, count=4, restart_visits=4)
+    store.counters[:, VISITS], store.counters[:, STEPS], store.counters[:, LAST_EPOCH] = 2, 6, 1
+    store.counters[:, FRAME_HEIGHT], store.counters[:, FRAME_WIDTH] = 8, 8
+    # The third visit (epoch 2): image 2 restarts ((2 + 2) % 4 == 0), the others continue at iteration 6.
+    assert amortised.next_iterations([0, 1, 2, 3], 2, None).tolist() == [6, 6, 0, 6]
+    assert amortised.next_iterations([0, 1, 2, 3], 2, [(8, 8), (9, 9), (8, 8), (8, 8)]).tolist() == [
+        6,
+        0,
+        0,
+        6,
+    ]
+    assert amortised.next_iterations([0, 1, 2, 3], 5, None).tolist() == [0, 0, 0, 0]  # stale
 
 
 def test_several_steps_per_visit_walk_the_iteration_indices(tmp_path):
@@ -198,6 +301,18 @@ def test_single_step_starts_in_the_wide_box_and_clips_only_when_asked(clip, boun
     assert attack.iterations == [[0, 0, 0, 0]]
     reach = (x - images).abs().max()
     assert reach <= bound + 1e-6 and (reach > EPS + 1e-3) == (not clip)
+
+
+def test_the_single_step_is_step_times_eps_whatever_the_attacks_alpha():
+    attack = SpyEroSeg(steps=1, background_class=None, alpha=0.001)
+    images, labels = batch(4, size=16)
+    images = images * 0.5 + 0.25
+    settings = SingleStepSettings(step=1.5, clip=False)
+    x = single_step_adversarial(attack, settings, PixelModel(), images, labels)
+    moved = (x - attack.starts[0]).abs()
+    # EroSeg steps only on its sensitive pixels; where it steps, the step is 1.5 eps, not alpha.
+    assert moved.max() == pytest.approx(1.5 * EPS, abs=1e-6)
+    assert ((moved < 1e-6) | ((moved - 1.5 * EPS).abs() < 1e-6)).all()
 
 
 # ------------------------------------------------------------------------- objectives and bad input
@@ -224,7 +339,7 @@ def test_adv_only_objective_trains_on_the_adversarial_batch_alone(tiny_train_con
         (("adversarial.mode=accumulated",), "adversarial.mode=accumulated needs a training attack"),
         (("attack=apgd", "adversarial.mode=single_step"), "needs an attack on the shared PGD loop"),
         (
-            ("attack=pgd", "attack.norm=l2", "adversarial.mode=single_step"),
+            ("attack=pgd", "attack.norm=l2", "attack.steps=1", "adversarial.mode=single_step"),
             "N-FGSM\\) is defined for attack.norm=linf",
         ),
         (("attack=pgd", "adversarial.mode=few_step"), "unknown adversarial mode 'few_step'"),
@@ -239,6 +354,14 @@ def test_bad_mode_settings_are_refused_before_training(tiny_train_config, overri
         train(tiny_train_config(*overrides))
 
 
+def test_the_accumulated_mode_refuses_a_trainer_that_would_not_save_its_store(tiny_train_config, tmp_path):
+    cfg = tiny_train_config(*SMALL, "attack=eroseg", "attack.steps=1", "adversarial.mode=accumulated")
+    datamodule = runner.build_datamodule(cfg)
+    module = runner.build_module(cfg, runner.build(cfg.model), datamodule)
+    with pytest.raises(ValueError, match=r"needs a Trainer with plugins=\[StoreSnapshotCheckpointIO\(\)\]"):
+        fit(module, datamodule, tmp_path)
+
+
 def test_default_mode_is_todays_multi_step_training():
     adversarial = AdversarialTraining()
     assert adversarial.mode == "multi_step" and adversarial.objective == "clean_plus_adv"
@@ -250,46 +373,126 @@ SMALL = ("dataset.train_source.image_size=[32,32]", "dataset.crop_size=[32,32]")
 ACCUMULATED = (
     *SMALL,
     "attack=eroseg",
+    "attack.steps=1",
     "adversarial.mode=accumulated",
-    "validation.attacks=null",
     "callbacks.erosion=null",
+    # No validation: a checkpoint after every epoch (best-epochNNN: the latest, or all with save_top_k=-1).
+    "trainer.limit_val_batches=0",
+    "callbacks.best_checkpoint.monitor=null",
 )
 
 
-def test_accumulated_training_visits_every_image_once_per_epoch(tiny_train_config):
+def open_store(directory):
+    return PerturbationStore(directory, json.loads((directory / "layout.json").read_text()), create=False)
+
+
+def store_state(store):
+    return np.array(store.values), np.array(store.counters)
+
+
+def assert_same_store(state, expected):
+    assert np.array_equal(state[1], expected[1]), "counters differ"
+    assert np.array_equal(state[0], expected[0]), "values differ"
+
+
+class StoreProbe(Callback):
+    """Copies the live store at the end of every epoch (what the epoch's checkpoints must carry) and at the start
+    of the first epoch a run trains (what it continues from)."""
+
+    def __init__(self):
+        self.at_end, self.at_first_start = {}, None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.at_first_start is None:
+            self.at_first_start = store_state(pl_module.accumulated.store)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.at_end[trainer.current_epoch] = store_state(pl_module.accumulated.store)
+
+
+def train_probed(cfg, monkeypatch):
+    probe = StoreProbe()
+    build_callbacks = runner.build_callbacks
+    monkeypatch.setattr(runner, "build_callbacks", lambda config: [*build_callbacks(config), probe])
+    return train(cfg), probe
+
+
+def test_accumulated_training_visits_every_image_once_per_epoch_and_keeps_a_store_per_checkpoint(
+    tiny_train_config,
+):
+    # monitor=null: the best-epoch file is replaced every epoch, and its store copy must go with it.
     cfg = tiny_train_config(*ACCUMULATED, "schedule.max_epochs=2")
     result = train(cfg)
-    store = PerturbationStore(result.output_dir / "perturbations", [(32, 32)] * 16, EPS, create=False)
+    store = open_store(result.output_dir / "perturbations")
     assert store.counters[:, VISITS].tolist() == [2] * 16
     assert store.counters[:, LAST_EPOCH].tolist() == [1] * 16
     values = np.asarray(store.values)
-    assert np.abs(values).max() == 127 and (values != 0).mean() > 0.5
+    assert np.abs(values).max() == 127 and (values != 0).mean() > 0.3
+    checkpoints = result.output_dir / "checkpoints"
+    assert sorted(path.name for path in checkpoints.glob("*.ckpt.perturbations")) == sorted(
+        f"{path.name}.perturbations" for path in checkpoints.glob("*.ckpt")
+    )
+    assert (checkpoints / "best-epoch001.ckpt").is_file() and not (
+        checkpoints / "best-epoch000.ckpt"
+    ).exists()
 
 
-@pytest.mark.parametrize("keep_old_store", [True, False], ids=["store intact", "store gone: rebuilt"])
-def test_resuming_from_last_ckpt_continues_the_store_or_rebuilds_it(
-    tiny_train_config, tmp_path, keep_old_store
+def test_a_resumed_run_continues_with_the_store_saved_with_its_checkpoint(
+    tiny_train_config, tmp_path, monkeypatch
 ):
+    def config(directory, epochs, *extra):
+        cfg = tiny_train_config(
+            *ACCUMULATED, f"schedule.max_epochs={epochs}", "callbacks.best_checkpoint.save_top_k=-1", *extra
+        )
+        cfg.paths.output_dir = str(directory)
+        return cfg
+
+    first, probe = train_probed(config(tmp_path / "run", 2), monkeypatch)
+    checkpoints = first.output_dir / "checkpoints"
+    # Each checkpoint carries the store of its epoch.
+    assert_same_store(
+        store_state(open_store(checkpoints / "best-epoch000.ckpt.perturbations")), probe.at_end[0]
+    )
+    assert_same_store(store_state(open_store(checkpoints / "last.ckpt.perturbations")), probe.at_end[1])
+    # Into a new directory, from last.ckpt.
+    _, into_new = train_probed(
+        config(tmp_path / "new", 3, f"ckpt_path={checkpoints / 'last.ckpt'}"), monkeypatch
+    )
+    assert_same_store(into_new.at_first_start, probe.at_end[1])
+    # Into the run's own directory, from the earlier best-epoch000.ckpt: one visit per image, not the later two.
+    resumed, into_own = train_probed(
+        config(tmp_path / "run", 3, f"ckpt_path={checkpoints / 'best-epoch000.ckpt'}"), monkeypatch
+    )
+    assert_same_store(into_own.at_first_start, probe.at_end[0])
+    assert into_own.at_first_start[1][:, VISITS].tolist() == [1] * 16
+    assert open_store(resumed.output_dir / "perturbations").counters[:, VISITS].tolist() == [3] * 16
+    # Into its own directory again, from the last.ckpt that run wrote (its live store is rewritten on setup).
+    _, again = train_probed(
+        config(tmp_path / "run", 4, f"ckpt_path={checkpoints / 'last.ckpt'}"), monkeypatch
+    )
+    assert_same_store(again.at_first_start, into_own.at_end[2])
+
+
+def test_a_resumed_run_whose_store_copy_is_gone_restarts_every_image_and_says_so(tiny_train_config, tmp_path):
     first = train(tiny_train_config(*ACCUMULATED, "schedule.max_epochs=1"))
-    checkpoint = torch.load(first.last_checkpoint, map_location="cpu", weights_only=True)
-    assert checkpoint["perturbation_store"]["directory"] == str(
-        (first.output_dir / "perturbations").resolve()
+    shutil.rmtree(snapshot_path(first.last_checkpoint))
+    cfg = tiny_train_config(*ACCUMULATED, "schedule.max_epochs=2", f"ckpt_path={first.last_checkpoint}")
+    cfg.paths.output_dir = str(tmp_path / "resumed")
+    with pytest.warns(UserWarning, match="is gone: the store was rebuilt empty"):
+        train(cfg)
+    assert open_store(tmp_path / "resumed" / "perturbations").counters[:, VISITS].tolist() == [1] * 16
+
+
+def test_resuming_with_another_eps_is_refused_naming_the_difference(tiny_train_config, tmp_path):
+    first = train(tiny_train_config(*ACCUMULATED, "schedule.max_epochs=1"))
+    cfg = tiny_train_config(
+        *ACCUMULATED, "attack.eps=4/255", "schedule.max_epochs=2", f"ckpt_path={first.last_checkpoint}"
     )
-    if not keep_old_store:
-        for path in (first.output_dir / "perturbations").iterdir():
-            path.unlink()
-    resumed_cfg = tiny_train_config(
-        *ACCUMULATED, "schedule.max_epochs=2", f"ckpt_path={first.last_checkpoint}"
-    )
-    resumed_cfg.paths.output_dir = str(tmp_path / "resumed")  # the store's directory follows it
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train(resumed_cfg)
-    rebuilt = any("the store was rebuilt empty" in str(w.message) for w in caught)
-    store = PerturbationStore(tmp_path / "resumed" / "perturbations", [(32, 32)] * 16, EPS, create=False)
-    # Intact: the first run's visit plus the resumed epoch's; rebuilt: the resumed epoch's alone.
-    assert store.counters[:, VISITS].tolist() == [2 if keep_old_store else 1] * 16
-    assert rebuilt == (not keep_old_store)
+    cfg.paths.output_dir = str(tmp_path / "resumed")
+    with pytest.raises(
+        ValueError, match=r"perturbation store of another run: it holds eps 0.031\d* instead of 0.015"
+    ):
+        train(cfg)
 
 
 @pytest.mark.slow
@@ -300,27 +503,34 @@ def test_ddp_ranks_share_one_store(tiny_train_config):
         *ACCUMULATED, "schedule.max_epochs=1", "trainer.strategy=ddp_spawn", "trainer.devices=2"
     )
     result = train(cfg)
-    store = PerturbationStore(result.output_dir / "perturbations", [(32, 32)] * 16, EPS, create=False)
-    assert store.counters[:, VISITS].tolist() == [1] * 16
+    assert open_store(result.output_dir / "perturbations").counters[:, VISITS].tolist() == [1] * 16
+    assert open_store(snapshot_path(result.last_checkpoint)).counters[:, VISITS].tolist() == [1] * 16
 
 
 @pytest.mark.parametrize("mode", ["accumulated", "single_step"])
 def test_train_py_runs_each_amortised_mode_of_the_main_job(tiny_train_config, mode):
     result = train(
-        tiny_train_config("experiment=shapes_eroseg_at", f"adversarial.mode={mode}", "debug=fdr", *SMALL)
+        tiny_train_config(
+            "experiment=shapes_eroseg_at", f"adversarial.mode={mode}", "attack.steps=1", "debug=fdr", *SMALL
+        )
     )
-    assert 0.0 <= result.val_scores["val/miou_pgd10"] <= 1.0
+    assert 0.0 <= result.validation.miou["pgd10"] <= 100.0
+
+
+def test_single_step_with_more_than_one_attack_step_is_refused_naming_the_key(tiny_train_config):
+    with pytest.raises(ValueError, match="adversarial.mode=single_step takes one step .* attack.steps=3"):
+        train(tiny_train_config(*SMALL, "attack=pgd", "adversarial.mode=single_step"))
 
 
 # ------------------------------------------------------------------------------------ collapse guard
 def test_the_guard_calls_a_collapse_only_when_robustness_falls_and_clean_holds():
-    guard = RobustCollapseGuard(max_drop=0.5, min_best=0.05)
-    guard.best, guard.best_clean = 0.30, 0.60
-    assert guard.is_collapse(0.10, 0.62)  # robust fell to a third, clean held: catastrophic overfitting
-    assert not guard.is_collapse(0.20, 0.62)  # a third lower is not sudden enough
-    assert not guard.is_collapse(0.10, 0.20)  # both fell: training failed, not overfitting
-    guard.best = 0.04
-    assert not guard.is_collapse(0.0, 0.6)  # not armed yet
+    guard = RobustCollapseGuard(max_drop=0.5, min_best=5.0)
+    guard.best, guard.best_clean = 30.0, 60.0
+    assert guard.is_collapse(10.0, 62.0)  # robust fell to a third, clean held: catastrophic overfitting
+    assert not guard.is_collapse(20.0, 62.0)  # a third lower is not sudden enough
+    assert not guard.is_collapse(10.0, 20.0)  # both fell: training failed, not overfitting
+    guard.best = 4.0
+    assert not guard.is_collapse(0.0, 60.0)  # not armed yet
 
 
 def test_a_run_forced_into_collapse_is_detected_reported_stopped_and_keeps_the_last_good_checkpoint(
@@ -328,32 +538,35 @@ def test_a_run_forced_into_collapse_is_detected_reported_stopped_and_keeps_the_l
 ):
     from eroseg_at.training import module as module_file
 
-    robust = iter([0.30, 0.35, 0.05, 0.40])
+    def fake_metrics(self):
+        # Validation as if PGD-10 mIoU went 30 -> 35 -> 5 (percent) while clean mIoU rose.
+        return {"val/miou_clean": 50.0 + 5 * self.current_epoch, "val/miou_pgd10": [30.0, 35.0, 5.0, 40.0][
+            self.current_epoch
+        ]}  # fmt: skip
 
-    def fake_scores(self):
-        # Validation as if PGD-10 mIoU went 30 -> 35 -> 5 while clean mIoU rose.
-        if not self.trainer.sanity_checking:
-            self.log("val/miou_clean", 0.5 + 0.05 * self.current_epoch)
-            self.log("val/miou_pgd10", next(robust))
-
-    monkeypatch.setattr(module_file.SegmentationModule, "on_validation_epoch_end", fake_scores)
+    monkeypatch.setattr(module_file.SegmentationModule, "validation_metrics", fake_metrics)
     cfg = tiny_train_config(
-        *SMALL, "attack=pgd", "adversarial.attack_steps=1", "validation.attacks=null", "schedule.max_epochs=4",
+        *SMALL, "attack=pgd", "attack.steps=1", "validation.attacks=null", "schedule.max_epochs=4",
         "callbacks.collapse_guard.stop=true", "callbacks.erosion=null", "logger=csv",
     )  # fmt: skip
     with pytest.warns(
         UserWarning, match="robustness collapsed at epoch 2: val/miou_pgd10 5.0 < 50% of its best 35.0"
     ):
         result = train(cfg)
+    # Logged with the validation metrics: one row (one step) per validation holds both.
+    (logged,) = (result.output_dir / "csv").rglob("metrics.csv")
+    rows = list(csv.DictReader(logged.open()))
+    collapse_rows = [row for row in rows if row["val/robust_collapse"]]
+    assert [float(row["val/robust_collapse"]) for row in collapse_rows] == [0.0, 0.0, 1.0]
+    assert all(row["val/miou_clean"] for row in collapse_rows)
+    assert len([row for row in rows if row["val/miou_clean"]]) == 3
     good = torch.load(
         result.output_dir / "checkpoints" / "last_good.ckpt", map_location="cpu", weights_only=True
     )
     assert good["epoch"] == 1
-    assert result.val_scores["val/robust_collapse"] == 1.0
+    assert result.validation.robust_collapse is True and result.collapses == [2]
     last = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
     assert last["epoch"] == 2  # stopped: epoch 3 never ran
-    logged = (result.output_dir / "csv").rglob("metrics.csv")
-    assert any("val/robust_collapse" in path.read_text() for path in logged)
 
 
 # ------------------------------------------------------------------------------------ erosion records
@@ -361,6 +574,7 @@ def test_erosion_records_show_the_sensitive_set_grow_and_draw_the_figure(tiny_tr
     cfg = tiny_train_config(
         *SMALL,
         "attack=eroseg",
+        "attack.steps=1",
         "adversarial.mode=accumulated",
         "validation.attacks=null",
         "schedule.max_epochs=2",
@@ -371,8 +585,11 @@ def test_erosion_records_show_the_sensitive_set_grow_and_draw_the_figure(tiny_tr
     record = records[-1]
     assert record.deltas.shape == (8, 4, 3, 32, 32) and record.sensitive.shape == (7, 4, 32, 32)
     assert record.taus == sorted(record.taus) and record.taus[0] == pytest.approx(0.8)
-    # Two visits each; image 3 restarted at its second ((1 + 3) % R == 0 with R = 4).
-    assert record.stored_iteration.tolist() == [2, 2, 2, 1] and record.stored.abs().max() > 0
+    # The iteration the third visit takes: 2 after two visits, but image 2 restarts there ((2 + 2) % R == 0
+    # with R = 4) and image 3 restarted at its second visit ((1 + 3) % R == 0), so it continues at 1.
+    assert record.stored_iteration.tolist() == [2, 2, 0, 1] and record.stored.abs().max() > 0
+    # The stored perturbations are shown over the images in their frames (the held scale's, 32 to 40 px).
+    assert record.stored_images.shape == record.stored.shape == (4, 3, 32, 32)
     assert (record.deltas.abs().amax((2, 3, 4)) <= record.eps + 1e-6).all()
     panels = panels_of(record)
     assert len(panels["train/erosion_multi_step"]) == 4 and len(panels["train/erosion_accumulated"]) == 4

@@ -19,7 +19,7 @@ pytestmark = [
 
 GPU_AT = (
     "attack=eroseg",
-    "adversarial.attack_steps=3",
+    "attack.steps=3",
     "schedule.max_epochs=2",
     "validation.attack_batches=null",
 )
@@ -41,9 +41,9 @@ def gpu_run(tmp_path_factory):
 
 
 def test_bf16_adversarial_training_on_cuda_validates_clean_and_robust(gpu_run):
-    scores = gpu_run.val_scores
-    assert 0.0 <= scores["val/miou_pgd10"] <= 1.0 and 0.0 <= scores["val/miou_clean"] <= 1.0
-    assert scores["val/pixel_accuracy_pgd10"] <= scores["val/pixel_accuracy_clean"]
+    scores = gpu_run.validation
+    assert 0.0 <= scores.miou["pgd10"] <= 100.0 and 0.0 <= scores.miou["clean"] <= 100.0
+    assert scores.pixel_accuracy["pgd10"] <= scores.pixel_accuracy["clean"]
     assert finite_weights(gpu_run.last_checkpoint)
     assert torch.load(gpu_run.last_checkpoint, map_location="cpu", weights_only=True)["epoch"] == 1
 
@@ -53,7 +53,7 @@ def test_ddp_strategy_trains_adversarially_on_one_cuda_device(tiny_train_config)
     # forward would expect a backward that autograd.grad never gives it.
     result = train(tiny_train_config("trainer=ddp", "trainer.devices=1", *GPU_AT))
     assert result.last_checkpoint is not None and finite_weights(result.last_checkpoint)
-    assert 0.0 <= result.val_scores["val/miou_pgd10"] <= 1.0
+    assert 0.0 <= result.validation.miou["pgd10"] <= 100.0
 
 
 def test_bf16_evaluation_on_cuda_bounds_every_attack_by_the_worst_case(gpu_run, tmp_path):

@@ -135,7 +135,7 @@ def test_a_short_training_run_prints_none_of_the_known_noise(tmp_path):
         "train.py",
         *TINY_SHAPES,
         "attack=pgd",
-        "adversarial.attack_steps=1",
+        "attack.steps=1",
         "validation.attacks.pgd10.steps=1",
         "schedule.max_epochs=1",
         "trainer.limit_train_batches=2",

@@ -42,7 +42,8 @@ def test_multirun_sweep_gives_each_job_its_own_directory_and_wandb_run(tmp_path)
         "trainer.limit_train_batches=1",
         "trainer.limit_val_batches=1",
         "validation.attacks.pgd10.steps=1",
-        "adversarial.attack_steps=1",
+        # ++: Hydra composes the sweep's shared overrides before the attack group is chosen (attack=none).
+        "++attack.steps=1",
         "attack=pgd,eroseg",
         "attack.eps=4/255,8/255",
         f"hydra.sweep.dir={tmp_path}",
@@ -87,7 +88,8 @@ def test_tiny_multirun_with_the_local_submitit_launcher(tmp_path):
         "debug=fdr",
         *TINY_SHAPES,
         "validation.attacks.pgd10.steps=1",
-        "adversarial.attack_steps=1",
+        # ++: Hydra composes the sweep's shared overrides before the attack group is chosen (attack=none).
+        "++attack.steps=1",
         "attack=pgd,eroseg",
         f"hydra.sweep.dir={tmp_path}",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import albumentations as A
+import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -15,7 +16,14 @@ from eroseg_at.data.class_frequencies import cached_class_frequencies
 from eroseg_at.data.errors import DatasetError
 from eroseg_at.data.geometry import SampleGeometry, collate_with_geometry
 from eroseg_at.data.source import SegmentationSource, to_tensors
-from eroseg_at.data.transforms import AugmentConfig, build_train_transform, build_val_transform
+from eroseg_at.data.transforms import (
+    AugmentConfig,
+    HeldScale,
+    build_train_transform,
+    build_val_transform,
+    has_random_scale,
+    resize_sample,
+)
 
 SourceSpec = SegmentationSource | Callable[[], SegmentationSource]
 
@@ -24,31 +32,51 @@ class AugmentedDataset(Dataset):
     """Applies an albumentations pipeline to a source and returns tensors.
 
     With ``geometry`` (the pipeline built with ``save_applied_params=True``) each sample also says where it
-    comes from and how it was moved (:class:`SampleGeometry`).
+    comes from and how it was moved (:class:`SampleGeometry`). With ``held_scale`` the dataset rescales each image
+    by its held scale of the current epoch (:meth:`set_epoch`) before the pipeline, which must then leave the
+    random scale out.
+
+    The epoch is a tensor in shared memory: DataLoader worker processes, persistent or not, forked or spawned,
+    read the value the main process set last.
 
     Shape:
         - ``dataset[i]``: image ``[3, H, W]`` float32 in [0, 1], mask ``[H, W]`` int64 (and a one-row
           :class:`SampleGeometry` with ``geometry``).
     """
 
-    def __init__(self, source: SegmentationSource, transform: A.Compose, geometry: bool = False) -> None:
+    def __init__(
+        self,
+        source: SegmentationSource,
+        transform: A.Compose,
+        geometry: bool = False,
+        held_scale: HeldScale | None = None,
+    ) -> None:
         self.source = source
         self.transform = transform
         self.geometry = geometry
+        self.held_scale = held_scale
+        self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.fill_(int(epoch))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         image, mask = self.source.load(index)
+        size = image.shape[:2]
+        applied = []
+        if self.held_scale is not None:
+            scale = self.held_scale.scale(index, int(self.epoch))
+            image, mask = resize_sample(image, mask, (int(size[0] * scale), int(size[1] * scale)))
+            applied.append(("RandomScale", {"scale": scale, "interpolation": cv2.INTER_LINEAR}))
         augmented = self.transform(image=image, mask=mask)
         tensors = to_tensors(augmented["image"], augmented["mask"])
         if not self.geometry:
             return tensors
-        return (
-            *tensors,
-            SampleGeometry.from_applied(index, image.shape[:2], augmented["applied_transforms"]),
-        )
+        applied += augmented["applied_transforms"]
+        return (*tensors, SampleGeometry.from_applied(index, size, applied))
 
 
 def reseed_worker_transform(worker_id: int) -> None:
@@ -157,6 +185,10 @@ class SegmentationDataModule(L.LightningDataModule):
         stats_cache_dir: directory of the class-frequency cache (``None``: user cache dir).
         sample_geometry: training batches are ``(images, masks, SampleGeometry)``: each sample's index and how
             the augmentation moved it, for state kept per training image (same augmentations either way).
+        scale_hold_epochs: each training image keeps its random scale for this many epochs (:class:`HeldScale`,
+            staggered over the images; the caller tells the epoch with :meth:`set_epoch`), so that state kept in
+            the image's frame can be carried over those epochs; 1 draws a scale at every sample, the standard
+            augmentation.
     """
 
     def __init__(
@@ -179,6 +211,7 @@ class SegmentationDataModule(L.LightningDataModule):
         seed: int = 0,
         stats_cache_dir: str | None = None,
         sample_geometry: bool = False,
+        scale_hold_epochs: int = 1,
     ) -> None:
         super().__init__()
         if class_names is None:
@@ -199,6 +232,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if len(crop_size) != 2 or min(crop_size) < 1:
             raise DatasetError(f"dataset {name}: crop_size={list(crop_size)}: expected [height, width]")
         for key, value in (
+            ("scale_hold_epochs", scale_hold_epochs),
             ("pad_divisor", pad_divisor),
             ("batch_size", batch_size),
             ("val_batch_size", val_batch_size),
@@ -226,6 +260,11 @@ class SegmentationDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.stats_cache_dir = stats_cache_dir
         self.sample_geometry = bool(sample_geometry)
+        self.held_scale = (
+            HeldScale(tuple(self.augment.scale_range), int(scale_hold_epochs), self.seed)
+            if scale_hold_epochs > 1 and has_random_scale(self.augment)
+            else None
+        )
         self._source_specs = {"train": train_source, "val": val_source}
         self._sources: dict[str, SegmentationSource] = {}
         self.train_set: AugmentedDataset | None = None
@@ -258,9 +297,16 @@ class SegmentationDataModule(L.LightningDataModule):
                     "(training drops the last incomplete batch, so no batch would remain)"
                 )
             transform = build_train_transform(
-                self.crop_size, self.augment, self.ignore_index, self.seed, self.sample_geometry
+                self.crop_size,
+                self.augment,
+                self.ignore_index,
+                self.seed,
+                save_applied_params=self.sample_geometry,
+                random_scale=self.held_scale is None,
             )
-            self.train_set = AugmentedDataset(train_source, transform, geometry=self.sample_geometry)
+            self.train_set = AugmentedDataset(
+                train_source, transform, geometry=self.sample_geometry, held_scale=self.held_scale
+            )
         if self.val_set is None:
             transform = build_val_transform(self.augment, self.pad_divisor, self.ignore_index)
             self.val_set = AugmentedDataset(self.source("val"), transform)
@@ -277,10 +323,37 @@ class SegmentationDataModule(L.LightningDataModule):
             collate_fn=collate_with_geometry if self.sample_geometry else None,
         )
 
+    def set_epoch(self, epoch: int) -> None:
+        """Tells the training set the epoch whose held scales it draws (see ``scale_hold_epochs``)."""
+        self.train_set.set_epoch(epoch)
+
     def train_sample_sizes(self) -> list[tuple[int, int]]:
         """``(height, width)`` of every training image before augmentation, in index order."""
         source = self.source("train")
         return [tuple(source.sample_size(index)) for index in range(len(source))]
+
+    def train_largest_frames(self) -> list[tuple[int, int]]:
+        """The largest frame (height, width) each training image can take: its size at the largest scale."""
+        high = max(self.augment.scale_range) if has_random_scale(self.augment) else 1.0
+        return [(int(h * high), int(w * high)) for h, w in self.train_sample_sizes()]
+
+    def train_frame(self, index: int, epoch: int) -> tuple[int, int] | None:
+        """The frame training image ``index`` takes in ``epoch`` where it is known in advance (no random scale,
+        or a held one); None where every draw rescales anew."""
+        size = self.source("train").sample_size(index)
+        if not has_random_scale(self.augment):
+            return tuple(size)
+        if self.held_scale is None:
+            return None
+        return self.held_scale.frame_size(size, index, epoch)
+
+    def train_frame_sample(self, index: int, frame: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training image ``index`` rescaled to ``frame`` as the pipeline rescales it, un-augmented otherwise.
+
+        Shape:
+            image ``[3, h, w]`` float32 in [0, 1], mask ``[h, w]`` int64 (``frame`` = (h, w)).
+        """
+        return to_tensors(*resize_sample(*self.source("train").load(index), frame))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import albumentations as A
 import cv2
+import numpy as np
+from albumentations.augmentations.geometric import functional as fgeometric
 
 from eroseg_at.data.errors import DatasetError
 
@@ -50,12 +52,52 @@ class AugmentConfig:
             )
 
 
+def has_random_scale(augment: AugmentConfig) -> bool:
+    return tuple(augment.scale_range) != (1.0, 1.0)
+
+
+def resize_sample(image: np.ndarray, mask: np.ndarray, size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` and ``mask`` resized to ``size`` (height, width) exactly as the train pipeline's random scale
+    resizes them (albumentations' resize: bilinear image, ``MASK_INTERPOLATION`` mask)."""
+    size = (int(size[0]), int(size[1]))
+    return (
+        fgeometric.resize(image, size, cv2.INTER_LINEAR),
+        fgeometric.resize(mask, size, MASK_INTERPOLATION),
+    )
+
+
+@dataclass(frozen=True)
+class HeldScale:
+    """A random scale that each training image keeps for ``epochs`` epochs.
+
+    Image i's scale in epoch e is drawn, uniform in ``scale_range``, by a generator seeded with (``seed``, i,
+    ``(e + i) // epochs``): the blocks of ``epochs`` epochs are staggered over the images, so that about one image
+    in ``epochs`` draws a new scale in each epoch, and the scale of any image in any epoch can be told in
+    advance. Each epoch still sees scales uniform in the range; only the crop, flip and colour of an image vary
+    from one epoch to the next within its block.
+    """
+
+    scale_range: tuple[float, float]
+    epochs: int
+    seed: int
+
+    def scale(self, index: int, epoch: int) -> float:
+        block = (epoch + index) // self.epochs
+        return float(np.random.default_rng([self.seed, index, block]).uniform(*self.scale_range))
+
+    def frame_size(self, size: Sequence[int], index: int, epoch: int) -> tuple[int, int]:
+        """The size image ``index`` of ``size`` (height, width) takes in ``epoch`` (as albumentations rounds it)."""
+        scale = self.scale(index, epoch)
+        return int(size[0] * scale), int(size[1] * scale)
+
+
 def build_train_transform(
     crop_size: Sequence[int],
     augment: AugmentConfig,
     ignore_index: int,
     seed: int | None,
     save_applied_params: bool = False,
+    random_scale: bool = True,
 ) -> A.Compose:
     """Random scale, crop (padded with image 0 / mask ``ignore_index``), flip, photometric jitter.
 
@@ -66,11 +108,12 @@ def build_train_transform(
         seed: pipeline seed (re-seeded per DataLoader worker by the datamodule).
         save_applied_params: also return what each transform drew (``applied_transforms``), from which
             :class:`~eroseg_at.data.geometry.SampleGeometry` is read; the draws themselves are the same.
+        random_scale: False leaves the random scale out (the caller rescales, as with a :class:`HeldScale`).
     """
     crop_height, crop_width = crop_size
     low, high = augment.scale_range
     steps: list[A.BasicTransform] = []
-    if (low, high) != (1.0, 1.0):
+    if random_scale and has_random_scale(augment):
         steps.append(
             A.RandomScale(scale_limit=(low - 1.0, high - 1.0), mask_interpolation=MASK_INTERPOLATION, p=1.0)
         )

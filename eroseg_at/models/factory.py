@@ -14,6 +14,7 @@ import torch
 
 from eroseg_at.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FeatureSegmentationAdapter, SourceInfo
 from eroseg_at.models.errors import ModelFileNotFoundError, ModelSourceError
+from eroseg_at.models.packaged_weights import PACKAGED_ENCODER_WEIGHTS
 from eroseg_at.models.weights import check_keys, read_state_dict
 
 
@@ -80,8 +81,9 @@ def build_model(
         name: Architecture, one of :func:`available_models`.
         num_classes: Number of output classes.
         encoder: SMP encoder name (``resnet18``, ``resnet50``, ``mit_b0``, ...).
-        encoder_weights: SMP pretrained-weights tag. ``None`` (the default) builds
-            offline; a tag such as ``"imagenet"`` downloads weights.
+        encoder_weights: A name of :data:`~eroseg_at.models.packaged_weights.PACKAGED_ENCODER_WEIGHTS`
+            (weights an installed package ships, read offline), else an SMP pretrained-weights tag:
+            ``None`` (the default) builds offline; a tag such as ``"imagenet"`` downloads weights.
         encoder_weights_path: A local encoder state dict to load instead.
         mean: Per-channel mean of the encoder's expected input, in [0, 1] units.
         std: Per-channel std of the encoder's expected input.
@@ -94,7 +96,9 @@ def build_model(
 
     Raises:
         ModelSourceError: Unknown architecture (the message lists the valid names),
-            or both ``encoder_weights`` and ``encoder_weights_path`` given.
+            both ``encoder_weights`` and ``encoder_weights_path`` given, or packaged weights that do not fit
+            the encoder.
+        ModuleNotFoundError: The package of packaged weights is not installed.
     """
     if name not in smp.MODEL_ARCHITECTURES_MAPPING:
         raise ModelSourceError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
@@ -105,9 +109,16 @@ def build_model(
     if encoder_weights_path is not None and not Path(encoder_weights_path).is_file():
         raise ModelFileNotFoundError(f"model.encoder_weights_path={encoder_weights_path} does not exist")
     architecture = dict(architecture or {})
+    packaged = PACKAGED_ENCODER_WEIGHTS.get(encoder_weights)
     network = smp.create_model(
-        name, encoder_name=encoder, encoder_weights=encoder_weights, classes=num_classes, **architecture
+        name,
+        encoder_name=encoder,
+        encoder_weights=None if packaged else encoder_weights,
+        classes=num_classes,
+        **architecture,
     )
+    if packaged is not None:
+        packaged.load_into(network.encoder, encoder)
     if encoder_weights_path is not None:
         load_encoder_weights(network, encoder_weights_path)
     drop_unused_encoder_stages(network.encoder, architecture.get("encoder_depth", 5))

@@ -1,4 +1,7 @@
-"""Safe reading of local weight files: state dicts only, never pickled code, clear errors for bad files."""
+"""Safe reading of local weight files: state dicts only, never pickled code, clear errors for bad files.
+
+Also renames the weights of another implementation of an architecture onto ours (:func:`rename_in_order`).
+"""
 
 from __future__ import annotations
 
@@ -201,3 +204,39 @@ def _file_sha256(path: Path) -> str:
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def rename_in_order(
+    state: Mapping[str, Tensor], target: Mapping[str, Tensor], source: str, architecture: str
+) -> dict[str, Tensor]:
+    """The tensors of ``state`` under the names of ``target``, matched by position and checked by shape.
+
+    For weights saved by another implementation of the same architecture, which names its layers
+    differently but registers them in the same order (e.g. lukemelas' EfficientNet and timm's).
+
+    Args:
+        state: The weights, in the order their implementation registers them.
+        target: The architecture's state dict (or any tensors of the right shapes, e.g. on the meta device).
+        source: Where ``state`` comes from, for the message.
+        architecture: The architecture ``target`` belongs to, for the message.
+
+    Raises:
+        ValueError: The counts differ, or naming the first position whose shapes differ (both names and
+            shapes): a renaming by position is only sound while every shape agrees.
+    """
+    if len(state) != len(target):
+        raise ValueError(
+            f"the weights in {source} hold {len(state)} tensors but {architecture} has {len(target)}; "
+            "they cannot be matched by position"
+        )
+    renamed = {}
+    for position, ((name, tensor), (target_name, expected)) in enumerate(
+        zip(state.items(), target.items(), strict=True)
+    ):
+        if tensor.shape != expected.shape:
+            raise ValueError(
+                f"the weights in {source} do not map onto {architecture} in order: tensor {position} "
+                f"{name!r} {list(tensor.shape)} against {target_name!r} {list(expected.shape)}"
+            )
+        renamed[target_name] = tensor
+    return renamed

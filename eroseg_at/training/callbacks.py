@@ -1,10 +1,12 @@
 """Callbacks of the training run: config in checkpoints, a checkpoint when asked to stop, per-class IoU table, W&B
-example panels, the guard against a collapse of robustness."""
+example panels, the guard against a collapse of robustness, the timer of training and validation."""
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -193,13 +195,13 @@ class RobustCollapseGuard(Callback):
     signature of catastrophic overfitting, as opposed to training that fails altogether. A best below
     ``min_best`` arms nothing (early epochs are noise). Every epoch that is not a collapse is good and is saved
     as ``<dirpath>/<filename>.ckpt``; a collapse is reported (a warning, ``val/robust_collapse`` = 1 in the
-    loggers and the run's metrics) and, with ``stop``, ends training.
+    loggers, at the step of the validation metrics, and in the run's metrics) and, with ``stop``, ends training.
 
     Args:
         monitor: The robust metric (``val/miou_pgd10``: PGD-10 at the training eps, robust validation's default).
         clean: The clean metric.
         max_drop: The relative drop that counts as a collapse, in (0, 1).
-        min_best: The best robust mIoU that arms the guard.
+        min_best: The best robust mIoU that arms the guard, in percent like the metrics.
         dirpath: Where the last good checkpoint goes; None: no checkpoint.
         filename: Its name, without ``.ckpt``.
         stop: End training at a collapse.
@@ -210,7 +212,7 @@ class RobustCollapseGuard(Callback):
         monitor: str = "val/miou_pgd10",
         clean: str = "val/miou_clean",
         max_drop: float = 0.5,
-        min_best: float = 0.05,
+        min_best: float = 5.0,
         dirpath: str | None = None,
         filename: str = "last_good",
         stop: bool = False,
@@ -219,32 +221,43 @@ class RobustCollapseGuard(Callback):
             raise ValueError(f"callbacks.collapse_guard.max_drop must lie in (0, 1), got {max_drop}")
         self.monitor, self.clean = monitor, clean
         self.max_drop, self.min_best = float(max_drop), float(min_best)
-        self.path = None if dirpath is None else Path(dirpath) / f"{filename}.ckpt"
+        self.dirpath = None if dirpath is None else Path(dirpath)
+        self.path = None if dirpath is None else self.dirpath / f"{filename}.ckpt"
         self.stop = stop
         self.best = self.best_clean = 0.0
         self.collapses: list[int] = []
+        self._verdict: tuple[bool, float, float] | None = None
 
     def is_collapse(self, robust: float, clean: float) -> bool:
-        """Whether an epoch with these scores is a collapse, given the best so far."""
+        """Whether an epoch with these scores (percent) is a collapse, given the best so far."""
         keep = 1.0 - self.max_drop
         return self.best >= self.min_best and robust < keep * self.best and clean >= keep * self.best_clean
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = trainer.callback_metrics
-        if trainer.sanity_checking or pl_module.train_attack is None or self.monitor not in metrics:
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Decided and logged here, beside the module's validation metrics (same logging step), from the scores
+        # the module computes once per epoch; acted on in on_validation_end.
+        self._verdict = None
+        if trainer.sanity_checking or pl_module.train_attack is None:
             return
-        robust, clean = float(metrics[self.monitor]), float(metrics[self.clean])
-        collapse = self.is_collapse(robust, clean)
+        metrics = pl_module.validation_metrics()
+        if self.monitor not in metrics:
+            return
+        robust, clean = metrics[self.monitor], metrics[self.clean]
         # Every rank decides alike: the metrics were summed across ranks.
-        metrics["val/robust_collapse"] = torch.tensor(float(collapse))
-        for logger in trainer.loggers:
-            logger.log_metrics({"val/robust_collapse": float(collapse)}, step=trainer.global_step)
+        collapse = self.is_collapse(robust, clean)
+        pl_module.log("val/robust_collapse", float(collapse))
+        self._verdict = (collapse, robust, clean)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._verdict is None:
+            return
+        (collapse, robust, clean), self._verdict = self._verdict, None
         if collapse:
             self.collapses.append(trainer.current_epoch)
             rank_zero_warn(
-                f"robustness collapsed at epoch {trainer.current_epoch}: {self.monitor} {100 * robust:.1f} < "
-                f"{100 * (1 - self.max_drop):.0f}% of its best {100 * self.best:.1f} while {self.clean} holds at "
-                f"{100 * clean:.1f} (catastrophic overfitting); the last good checkpoint is {self.path}"
+                f"robustness collapsed at epoch {trainer.current_epoch}: {self.monitor} {robust:.1f} < "
+                f"{100 * (1 - self.max_drop):.0f}% of its best {self.best:.1f} while {self.clean} holds at "
+                f"{clean:.1f} (catastrophic overfitting); the last good checkpoint is {self.path}"
                 + ("; stopping" if self.stop else "")
             )
             trainer.should_stop = trainer.should_stop or self.stop
@@ -261,3 +274,63 @@ class RobustCollapseGuard(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.best_clean = state_dict["best"], state_dict["best_clean"]
         self.collapses = list(state_dict["collapses"])
+
+
+@dataclass(frozen=True)
+class TrainingTime:
+    """Where a run's wall time went, in seconds (over every epoch, resumed parts included).
+
+    Attributes:
+        training: The training batches: from the start of each epoch to the end of its last batch (data loading,
+            attacks, forward, backward, optimizer), without validation, checkpoints or epoch-end callbacks.
+        validation: The validation loops (clean and robust validation, with their hooks).
+        epochs: The training epochs timed.
+    """
+
+    training: float
+    validation: float
+    epochs: int
+
+
+class TrainingTimer(Callback):
+    """Times the training batches and the validation loops apart (:class:`TrainingTime`), so that the cost of
+    training methods compares on the same span whatever else their runs do (robust validation, erosion records,
+    extra checkpoints). Kept in checkpoints: a resumed run adds to it."""
+
+    def __init__(self) -> None:
+        self.training = self.validation = 0.0
+        self.epochs = 0
+        self._mark: float | None = None
+        self._validation_started: float | None = None
+
+    @property
+    def time(self) -> TrainingTime:
+        return TrainingTime(self.training, self.validation, self.epochs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark = time.perf_counter()
+        self.epochs += 1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        now = time.perf_counter()
+        self.training += now - self._mark
+        self._mark = now
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validation_started = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._validation_started is None:
+            return
+        now = time.perf_counter()
+        self.validation += now - self._validation_started
+        # A validation within an epoch is not part of the next batch's time.
+        self._validation_started, self._mark = None, now
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"training": self.training, "validation": self.validation, "epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.training, self.validation = state_dict["training"], state_dict["validation"]
+        self.epochs = state_dict["epochs"]

@@ -4,8 +4,9 @@ For a few training images (un-augmented, the first of the split), after every tr
 
 - multi-step: the perturbation ``δ_t`` after t iterations of the training attack from a seeded random start,
   and the sensitive set ``S_t`` iteration t attacks (threshold ``τ_t``), t = 0..T;
-- accumulated mode: the image's stored perturbation after this epoch's visit, and the set the next visit
-  attacks (the threshold at the image's own iteration count).
+- accumulated mode: the image's stored perturbation after this epoch's visit (in the image's frame: the image at
+  its held random scale), and the set the next visit attacks (the threshold at the iteration the next visit
+  takes: the image's own count, or 0 where that visit restarts).
 
 The :class:`ErosionRecorder` callback saves one :class:`ErosionRecord` per epoch (``erosion/epochNNN.pt``) and
 logs them as W&B panels; :func:`erosion_figure` draws the records of a run as the PNG of the docs.
@@ -27,7 +28,6 @@ from torch import Tensor
 from eroseg_at.attacks import EroSeg
 from eroseg_at.attacks.base import eval_mode
 from eroseg_at.attacks.eroseg import eroseg_sensitive_set, eroseg_threshold
-from eroseg_at.training.perturbations import STEPS
 from eroseg_at.visualization import mosaic, perturbation_magnitude, sensitive_overlay
 
 
@@ -37,8 +37,10 @@ class ErosionRecord:
 
     Shape:
         images: [K, 3, H, W]; labels: [K, H, W]; deltas: [T + 1, K, 3, H, W] (δ_0 is the random start);
-        sensitive: [T, K, H, W] bool; taus: T thresholds; stored, stored_sensitive, stored_iteration (accumulated
-        mode, else None): [K, 3, H, W], [K, H, W], [K].
+        sensitive: [T, K, H, W] bool; taus: T thresholds. Accumulated mode, else None: stored_images,
+        stored_labels: [K, 3, H', W'], [K, H', W'] (the images in the frames of their stored perturbations);
+        stored, stored_sensitive: [K, 3, H', W'], [K, H', W']; stored_iteration: [K], the iteration index the
+        next visit attacks.
     """
 
     epoch: int
@@ -50,6 +52,8 @@ class ErosionRecord:
     taus: list[float]
     deltas: Tensor
     sensitive: Tensor
+    stored_images: Tensor | None = None
+    stored_labels: Tensor | None = None
     stored: Tensor | None = None
     stored_sensitive: Tensor | None = None
     stored_iteration: Tensor | None = None
@@ -63,6 +67,20 @@ class ErosionRecord:
         return cls(**torch.load(path, map_location="cpu", weights_only=True))
 
 
+@dataclass(frozen=True)
+class StoredPerturbations:
+    """The accumulated mode's stored perturbations of the followed images, with the images in their frames.
+
+    Shape:
+        images: [K, 3, H', W']; labels: [K, H', W']; deltas: [K, 3, H', W']; next_iteration: [K].
+    """
+
+    images: Tensor
+    labels: Tensor
+    deltas: Tensor
+    next_iteration: Tensor
+
+
 def record_erosion(
     model: torch.nn.Module,
     attack: EroSeg,
@@ -71,19 +89,18 @@ def record_erosion(
     indices: Sequence[int],
     epoch: int,
     iterations: int,
-    stored: Tensor | None = None,
-    stored_iteration: Tensor | None = None,
+    stored: StoredPerturbations | None = None,
 ) -> ErosionRecord:
     """Runs ``iterations`` steps of ``attack`` on ``images`` from a fixed random start, keeping every iterate and
-    sensitive set (and the sensitive set at the ``stored`` perturbations, when given)."""
-    valid = labels != attack.ignore_index
+    sensitive set (and the sensitive set the next visit attacks at the ``stored`` perturbations, when given)."""
     generator = torch.Generator().manual_seed(0)
     noise = (torch.rand(images.shape, generator=generator) * 2 - 1).to(images.device) * attack.eps
     x = (images + noise).clamp(0, 1) if attack.random_start else images.clone()
 
-    def sensitive_at(point: Tensor, step: int | Tensor) -> Tensor:
+    def sensitive_at(point: Tensor, step: int | Tensor, labels: Tensor = labels) -> Tensor:
         with eval_mode(model), torch.no_grad():
             logits = model(point).float()
+        valid = labels != attack.ignore_index
         if isinstance(step, int):
             tau = eroseg_threshold(step, attack.tau0, attack.beta, attack.schedule_offset)
         else:
@@ -99,9 +116,16 @@ def record_erosion(
         taus.append(eroseg_threshold(step, attack.tau0, attack.beta, attack.schedule_offset))
         x = attack.step_from(model, images, labels, x, torch.full((len(images),), step, device=images.device))
         deltas.append(x - images)
-    stored_sensitive = None
+    accumulated = {}
     if stored is not None:
-        stored_sensitive = sensitive_at((images + stored).clamp(0, 1), stored_iteration).cpu()
+        point = (stored.images + stored.deltas).clamp(0, 1)
+        accumulated = {
+            "stored_images": stored.images.cpu(),
+            "stored_labels": stored.labels.cpu(),
+            "stored": stored.deltas.cpu(),
+            "stored_sensitive": sensitive_at(point, stored.next_iteration, stored.labels).cpu(),
+            "stored_iteration": stored.next_iteration.cpu(),
+        }
     return ErosionRecord(
         epoch=epoch,
         eps=float(attack.eps),
@@ -112,9 +136,7 @@ def record_erosion(
         taus=taus,
         deltas=torch.stack(deltas).cpu(),
         sensitive=torch.stack(sets).cpu(),
-        stored=None if stored is None else stored.cpu(),
-        stored_sensitive=stored_sensitive,
-        stored_iteration=None if stored_iteration is None else stored_iteration.cpu(),
+        **accumulated,
     )
 
 
@@ -153,18 +175,12 @@ class ErosionRecorder(Callback):
         )
         images = torch.stack([image[:, window[0], window[1]] for image, _ in samples]).to(pl_module.device)
         labels = torch.stack([label[window] for _, label in samples]).to(pl_module.device)
-        stored = stored_iteration = None
+        stored = None
         if pl_module.accumulated is not None:
-            store = pl_module.accumulated.store
-            stored = torch.stack(
-                [delta[:, window[0], window[1]] for delta in store.read(indices, attack.eps)]
-            )
-            stored = stored.to(pl_module.device)
-            stored_iteration = torch.from_numpy(np.array(store.counters[indices, STEPS]))
+            stored = self.stored_perturbations(trainer, pl_module, indices)
         record = record_erosion(
-            pl_module.model, attack, images, labels, indices, trainer.current_epoch, self.iterations,
-            stored, stored_iteration,
-        )  # fmt: skip
+            pl_module.model, attack, images, labels, indices, trainer.current_epoch, self.iterations, stored
+        )
         if self.dirpath is not None:
             record.save(self.dirpath / f"epoch{trainer.current_epoch:03d}.pt")
         loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
@@ -177,6 +193,31 @@ class ErosionRecorder(Callback):
             }
             for logger in loggers:
                 logger.experiment.log({**panels, "epoch": trainer.current_epoch})
+
+    def stored_perturbations(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, indices: list[int]
+    ) -> StoredPerturbations:
+        """The followed images' stored perturbations, the images in the same frames (cut to one window) and the
+        iteration the next epoch's visit takes (0 where it restarts, its frame told by the datamodule)."""
+        datamodule, accumulated = trainer.datamodule, pl_module.accumulated
+        sources = [datamodule.source("train").sample_size(i) for i in indices]
+        frames = [
+            frame if frame != (0, 0) else tuple(size)
+            for frame, size in zip(accumulated.store.frames(indices), sources, strict=True)
+        ]
+        samples = [datamodule.train_frame_sample(i, frame) for i, frame in zip(indices, frames, strict=True)]
+        deltas = accumulated.store.read(indices, frames, pl_module.train_attack.eps)
+        window = common_window(frames, self.max_size, getattr(pl_module.model, "input_divisor", 1))
+        next_frames = [datamodule.train_frame(i, trainer.current_epoch + 1) for i in indices]
+        device = pl_module.device
+        return StoredPerturbations(
+            images=torch.stack([image[:, window[0], window[1]] for image, _ in samples]).to(device),
+            labels=torch.stack([label[window] for _, label in samples]).to(device),
+            deltas=torch.stack([delta[:, window[0], window[1]] for delta in deltas]).to(device),
+            next_iteration=accumulated.next_iterations(
+                indices, trainer.current_epoch + 1, None if None in next_frames else next_frames
+            ),
+        )
 
 
 def common_window(sizes: Sequence[Sequence[int]], max_size: int, divisor: int) -> tuple[slice, slice]:
@@ -210,7 +251,7 @@ def panels_of(record: ErosionRecord) -> dict[str, list[np.ndarray]]:
                 as_uint8(
                     mosaic(
                         [
-                            [sensitive_overlay(record.images[k], record.stored_sensitive[k])],
+                            [sensitive_overlay(record.stored_images[k], record.stored_sensitive[k])],
                             [perturbation_magnitude(record.stored[k], record.eps)],
                         ]
                     )
@@ -248,7 +289,7 @@ def erosion_figure(
             axes[top + 1, t].imshow(perturbation_magnitude(added, multi_step.eps))
             axes[top + 1, t].set_title(f"|δ−δ0| after step {t + 1}", fontsize=6)
         for v, record in enumerate(accumulated):
-            axes[top + 2, v].imshow(sensitive_overlay(record.images[k], record.stored_sensitive[k]))
+            axes[top + 2, v].imshow(sensitive_overlay(record.stored_images[k], record.stored_sensitive[k]))
             axes[top + 2, v].set_title(
                 f"visit {record.epoch + 1}: next S_{int(record.stored_iteration[k])}", fontsize=6
             )
@@ -275,9 +316,9 @@ def describe(record: ErosionRecord) -> dict[str, list[float]]:
     """The numbers behind the picture: per multi-step iteration, the share of valid pixels in the sensitive set
     and the mean of what the steps so far added to the random start, |δ_t − δ_0|/eps; in the accumulated mode,
     the sensitive share and mean |δ|/eps of the stored perturbation."""
-    valid = record.labels != record.ignore_index
 
-    def share(sensitive: Tensor) -> float:
+    def share(sensitive: Tensor, labels: Tensor = record.labels) -> float:
+        valid = labels != record.ignore_index
         return (sensitive & valid).sum().item() / valid.sum().clamp_min(1).item()
 
     def magnitude(delta: Tensor) -> float:
@@ -288,6 +329,6 @@ def describe(record: ErosionRecord) -> dict[str, list[float]]:
         "mean_added": [magnitude(d - record.deltas[0]) for d in record.deltas[1:]],
     }
     if record.stored is not None:
-        numbers["stored_sensitive_share"] = [share(record.stored_sensitive)]
+        numbers["stored_sensitive_share"] = [share(record.stored_sensitive, record.stored_labels)]
         numbers["stored_mean_magnitude"] = [magnitude(record.stored)]
     return numbers

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -24,12 +23,16 @@ from eroseg_at.training.amortised import (
     SingleStepSettings,
     single_step_adversarial,
 )
-from eroseg_at.training.perturbations import PerturbationStore
+from eroseg_at.training.perturbations import (
+    PerturbationStore,
+    check_layout,
+    layout_difference,
+    training_store_layout,
+)
+from eroseg_at.training.store_checkpoints import STORE_KEY, StoreSnapshotCheckpointIO, snapshot_path
 
 AT_MODES = ("multi_step", "accumulated", "single_step")
 AT_OBJECTIVES = ("clean_plus_adv", "half_adv", "adv_only")
-# The checkpoint entry that says where an accumulated run's perturbation store is (its files stay on disk).
-STORE_KEY = "perturbation_store"
 
 # What Hydra's partials of the ``schedule`` group become: the optimizer over the module's parameters, and
 # the LR schedule over that optimizer once the number of optimizer steps is known.
@@ -40,20 +43,19 @@ DEFAULT_OPTIMIZER: OptimizerFactory = partial(torch.optim.SGD, lr=0.01, momentum
 
 @dataclass(frozen=True)
 class AdversarialTraining:
-    """How the training attack enters training (the ``adversarial`` config key).
+    """How the training attack enters training (the ``adversarial`` config key). The attack's own settings
+    (eps, steps, alpha) are the attack's (the ``attack`` group): each setting has one home.
 
     Attributes:
-        mode: How adversarial examples are made. ``multi_step``: ``attack_steps`` iterations of the training
+        mode: How adversarial examples are made. ``multi_step``: ``attack.steps`` iterations of the training
             attack per batch (EroSeg-AT). ``accumulated``: a perturbation kept per training image and
-            continued by ``accumulated.steps`` iterations at each visit. ``single_step``: one large step from
-            wide noise (N-FGSM; ``single_step``).
+            continued by ``attack.steps`` iterations at each visit. ``single_step``: one large step from
+            wide noise (N-FGSM; ``single_step``), for an attack of ``steps=1``.
         objective: ``clean_plus_adv`` is EroSeg-AT's ``CE(x) + adv_weight * CE(x_adv)``
             over the whole batch; ``half_adv`` is SegPGD-AT's form, where the second
             half of each batch is replaced by its adversarial version and the plain
             CE is taken over the mixed batch; ``adv_only`` is ``CE(x_adv)`` alone (PIR-AT's).
         adv_weight: Weight of the adversarial term in ``clean_plus_adv``.
-        attack_steps: Iterations of the training attack per batch in ``multi_step``; None keeps the attack's
-            own ``steps``.
         eps_warmup_epochs: The training attack's eps ramps linearly from
             ``eps / N`` in epoch 0 to the full ``eps`` from epoch ``N - 1`` on; 0 disables.
         accumulated: Settings of ``mode=accumulated``.
@@ -63,7 +65,6 @@ class AdversarialTraining:
     mode: str = "multi_step"
     objective: str = "clean_plus_adv"
     adv_weight: float = 1.0
-    attack_steps: int | None = None
     eps_warmup_epochs: int = 0
     accumulated: AccumulatedSettings = field(default_factory=AccumulatedSettings)
     single_step: SingleStepSettings = field(default_factory=SingleStepSettings)
@@ -80,8 +81,6 @@ class AdversarialTraining:
             )
         if self.adv_weight < 0:
             raise ValueError(f"adversarial.adv_weight must be >= 0, got {self.adv_weight}")
-        if self.attack_steps is not None and self.attack_steps < 1:
-            raise ValueError(f"adversarial.attack_steps must be >= 1 or null, got {self.attack_steps}")
         if self.eps_warmup_epochs < 0:
             raise ValueError(f"adversarial.eps_warmup_epochs must be >= 0, got {self.eps_warmup_epochs}")
 
@@ -91,7 +90,7 @@ class ValidationConfig:
     """Robust validation (the ``validation`` config group).
 
     Attributes:
-        attacks: Name -> attack; each gets its own metric, logged as ``val/miou_<name>``;
+        attacks: Name -> attack; each gets its own metric, logged as ``val/miou_<name>`` (percent);
             None or empty validates clean only.
         attack_batches: Only the first N validation batches are attacked (robust
             validation is expensive); ``None`` attacks every batch.
@@ -175,8 +174,13 @@ class SegmentationModule(L.LightningModule):
                     f"needs an attack on the shared PGD loop (pgd, segpgd, cospgd, rppgd, cw, eroseg); "
                     f"{type(train_attack).__name__} is not one"
                 )
-            if self.adversarial.mode == "single_step" and not self.adversarial.single_step.clip:
-                if train_attack.norm != "linf":
+            if self.adversarial.mode == "single_step":
+                if train_attack.steps != 1:
+                    raise ValueError(
+                        f"adversarial.mode=single_step takes one step of the training attack, but attack.steps="
+                        f"{train_attack.steps}: set attack.steps=1"
+                    )
+                if not self.adversarial.single_step.clip and train_attack.norm != "linf":
                     raise ValueError(
                         "adversarial.single_step.clip=false (N-FGSM) is defined for attack.norm=linf; "
                         f"got {train_attack.norm}: set adversarial.single_step.clip=true"
@@ -189,6 +193,7 @@ class SegmentationModule(L.LightningModule):
         for name in self.validation_attacks:
             self.val_metrics[name] = make_metrics()
         self.last_val_scores: dict[str, SegmentationScores] = {}
+        self._epoch_scores: dict[str, SegmentationScores] | None = None
         self.val_examples: ValidationExamples | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -217,6 +222,10 @@ class SegmentationModule(L.LightningModule):
         if self.train_attack is not None:
             self.train_attack.eps = self.train_attack_eps(self.current_epoch)
             self.log("train/attack_eps", self.train_attack.eps, on_step=False, on_epoch=True)
+        if self.accumulated is not None:
+            # The images' held scales of this epoch (the frames their perturbations live in); the first batch of
+            # a run is drawn before this hook, and a visit in another frame than the stored one restarts.
+            self.trainer.datamodule.set_epoch(self.current_epoch)
 
     # ------------------------------------------------- the accumulated mode's store
     def setup(self, stage: str) -> None:
@@ -233,28 +242,36 @@ class SegmentationModule(L.LightningModule):
                 "adversarial.mode=accumulated needs training batches with their SampleGeometry: a "
                 "SegmentationDataModule built with sample_geometry=True (train(cfg) builds it so)"
             )
-        sizes = datamodule.train_sample_sizes()
-        # Rank 0 writes the files; the others map the same ones (one store shared by every rank).
+        if not isinstance(self.trainer.strategy.checkpoint_io, StoreSnapshotCheckpointIO):
+            raise ValueError(
+                "adversarial.mode=accumulated needs a Trainer with plugins=[StoreSnapshotCheckpointIO()], which "
+                "saves the perturbation store with every checkpoint (train(cfg) builds it so)"
+            )
+        layout = training_store_layout(datamodule, self._train_attack_eps)
+        # Rank 0 writes the files; the others map the same ones (one store shared by every rank). A resumed run
+        # refills it from the checkpoint's copy in on_train_start.
         if self.trainer.is_global_zero:
-            PerturbationStore(settings.directory, sizes, self._train_attack_eps, create=True)
+            PerturbationStore(settings.directory, layout, create=True)
         self.trainer.strategy.barrier()
-        store = PerturbationStore(settings.directory, sizes, self._train_attack_eps, create=False)
+        store = PerturbationStore(settings.directory, layout, create=False)
         self.accumulated = AccumulatedPerturbations(settings, self.train_attack, store)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.accumulated is not None:
+            # Every rank's writes reach the files before rank 0's checkpoint IO copies them.
             self.accumulated.store.flush()
+            self.trainer.strategy.barrier()
             checkpoint[STORE_KEY] = {
                 "directory": str(self.accumulated.store.directory.resolve()),
                 "layout": self.accumulated.store.layout,
             }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._store_to_restore = checkpoint.get(STORE_KEY)
+        self._store_to_restore = checkpoint.get(STORE_KEY, {})
 
     def on_train_start(self) -> None:
-        """Resuming an accumulated run: the store continues from the checkpointed run's files where they
-        still exist with the same layout (copied into this run's directory), else it starts empty.
+        """Resuming an accumulated run: the store continues from the copy saved with the checkpoint
+        (``<checkpoint>.perturbations``); a copy of another layout is refused, a missing one restarts every image.
 
         Here rather than in ``on_load_checkpoint``: every strategy has restored the checkpoint by now, and the
         ranks can wait for rank 0's copy."""
@@ -262,16 +279,28 @@ class SegmentationModule(L.LightningModule):
         if self.accumulated is None or saved is None:
             return
         store = self.accumulated.store
-        directory = Path(saved["directory"])
-        usable = (directory / "layout.json").is_file() and saved["layout"] == store.layout
+        snapshot = snapshot_path(self.trainer.ckpt_path)
+        if not saved:
+            rank_zero_warn(
+                f"the checkpoint {self.trainer.ckpt_path} carries no perturbation store (not an accumulated run): "
+                "every image restarts"
+            )
+            return
+        difference = layout_difference(saved["layout"], store.layout)
+        if difference is not None:
+            raise ValueError(
+                f"the checkpoint {self.trainer.ckpt_path} was trained with a perturbation store of another run: it "
+                f"holds {difference}"
+            )
+        if not snapshot.is_dir():
+            rank_zero_warn(
+                f"the perturbation store saved with {self.trainer.ckpt_path} ({snapshot}) is gone: the store was "
+                f"rebuilt empty in {store.directory} (every image restarts)"
+            )
+            return
+        check_layout(snapshot, store.layout)
         if self.trainer.is_global_zero:
-            if usable:
-                store.copy_from(directory)
-            else:
-                rank_zero_warn(
-                    f"the perturbation store of the checkpointed run ({directory}) is gone or holds another "
-                    f"layout: the store was rebuilt empty in {store.directory} (every image restarts)"
-                )
+            store.restore(snapshot)
         self.trainer.strategy.barrier()
 
     # ----------------------------------------------------------------- training step
@@ -413,17 +442,34 @@ class SegmentationModule(L.LightningModule):
                 self.val_examples.adversarial = adv_images[:n].detach()
                 self.val_examples.adversarial_prediction = predicted_classes(adv_logits[:n])
 
+    def on_validation_epoch_start(self) -> None:
+        self._epoch_scores = None
+
+    def validation_scores(self) -> dict[str, SegmentationScores]:
+        """This validation epoch's scores, clean and per attack: computed (and summed across processes) on the
+        first call of the epoch, by whichever hook needs them first (the collapse guard's runs before this
+        module's ``on_validation_epoch_end``)."""
+        if self._epoch_scores is None:
+            self._epoch_scores = {
+                name: metric.compute() for name, metric in self.val_metrics.items() if metric.update_called
+            }
+        return self._epoch_scores
+
+    def validation_metrics(self) -> dict[str, float]:
+        """This validation epoch's logged values, in percent: ``val/miou_<name>``, ``val/pixel_accuracy_<name>``."""
+        metrics = {}
+        for name, scores in self.validation_scores().items():
+            metrics[f"val/miou_{name}"] = 100 * float(scores.miou)
+            metrics[f"val/pixel_accuracy_{name}"] = 100 * float(scores.pixel_accuracy)
+        return metrics
+
     def on_validation_epoch_end(self) -> None:
-        scores = {}
-        for name, metric in self.val_metrics.items():
-            if not metric.update_called:
-                continue
-            scores[name] = metric.compute()
+        scores = self.validation_scores()
+        for key, value in self.validation_metrics().items():
+            self.log(key, value, prog_bar=key.startswith("val/miou_"))
+        for metric in self.val_metrics.values():
             metric.reset()
-            # compute() already summed the confusion matrices across processes.
-            self.log(f"val/miou_{name}", scores[name].miou.float(), prog_bar=True)
-            self.log(f"val/pixel_accuracy_{name}", scores[name].pixel_accuracy.float())
-        self.last_val_scores = scores
+        self.last_val_scores, self._epoch_scores = scores, None
 
     # ------------------------------------------------------------- optimization
     def configure_optimizers(self) -> dict[str, Any]:

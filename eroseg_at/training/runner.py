@@ -6,6 +6,7 @@ call it with a config from ``hydra.compose``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,20 +20,76 @@ from torch import nn
 
 from eroseg_at.configs import build
 from eroseg_at.errors import ConfigError
-from eroseg_at.training.callbacks import ConfigInCheckpoint, InterruptCheckpoint
+from eroseg_at.training.callbacks import (
+    ConfigInCheckpoint,
+    InterruptCheckpoint,
+    RobustCollapseGuard,
+    TrainingTime,
+    TrainingTimer,
+)
 from eroseg_at.training.log_noise import drop_lightning_tips, without_anonymous_setting
 from eroseg_at.training.module import AdversarialTraining, SegmentationModule
+from eroseg_at.training.store_checkpoints import StoreSnapshotCheckpointIO
 
 
-@dataclass
+@dataclass(frozen=True)
+class ValidationScores:
+    """A run's last validation, in percent, as logged (``val/miou_<name>``, ``val/pixel_accuracy_<name>``).
+
+    Attributes:
+        miou: mIoU per validation: ``clean`` and each robust validation attack (``pgd10``, ...).
+        pixel_accuracy: Pixel accuracy, likewise.
+        loss: The clean validation loss.
+        robust_collapse: The collapse guard's call on that epoch; None where it did not watch.
+    """
+
+    miou: dict[str, float]
+    pixel_accuracy: dict[str, float]
+    loss: float | None = None
+    robust_collapse: bool | None = None
+
+    @classmethod
+    def from_logged(cls, metrics: Mapping[str, Any]) -> ValidationScores | None:
+        """From the trainer's logged metrics; None if nothing was validated."""
+
+        def named(prefix: str) -> dict[str, float]:
+            return {
+                key.removeprefix(prefix): float(value)
+                for key, value in metrics.items()
+                if key.startswith(prefix)
+            }
+
+        miou = named("val/miou_")
+        if not miou:
+            return None
+        collapse = metrics.get("val/robust_collapse")
+        return cls(
+            miou=miou,
+            pixel_accuracy=named("val/pixel_accuracy_"),
+            loss=float(metrics["val/loss"]) if "val/loss" in metrics else None,
+            robust_collapse=None if collapse is None else bool(collapse),
+        )
+
+
+@dataclass(frozen=True)
 class TrainResult:
-    """What a training run produced."""
+    """What a training run produced.
+
+    Attributes:
+        output_dir: The run directory.
+        best_checkpoint, last_checkpoint: Its checkpoint files (None where none was written).
+        validation: The last validation's scores (None without validation).
+        time: Where the wall time went, over the whole run including resumed parts (None without the timer).
+        collapses: The epochs the collapse guard called a collapse.
+        wandb_dir: The W&B run directory (offline runs sync from it).
+    """
 
     output_dir: Path
     best_checkpoint: Path | None
     last_checkpoint: Path | None
-    # Last validation epoch's logged values, e.g. "val/miou_clean", "val/miou_pgd10".
-    val_scores: dict[str, float] = field(default_factory=dict)
+    validation: ValidationScores | None = None
+    time: TrainingTime | None = None
+    collapses: list[int] = field(default_factory=list)
     wandb_dir: Path | None = None
 
 
@@ -71,12 +128,9 @@ def describe_model_config(model: DictConfig) -> str:
     return f"{model._target_}({settings})"
 
 
-def build_train_attack(cfg: DictConfig, adversarial: AdversarialTraining) -> Any:
-    """The training attack with ``adversarial.attack_steps`` iterations (``None`` for attack=none)."""
-    if not has_target(cfg.attack):
-        return None
-    overrides = {} if adversarial.attack_steps is None else {"steps": adversarial.attack_steps}
-    return instantiate(cfg.attack, **overrides)
+def build_train_attack(cfg: DictConfig) -> Any:
+    """The training attack as the ``attack`` group describes it (``None`` for attack=none)."""
+    return instantiate(cfg.attack) if has_target(cfg.attack) else None
 
 
 def build_adversarial(cfg: DictConfig) -> AdversarialTraining:
@@ -90,10 +144,17 @@ def build_adversarial(cfg: DictConfig) -> AdversarialTraining:
     return adversarial
 
 
+def is_accumulated(cfg: DictConfig) -> bool:
+    return has_target(cfg.attack) and build_adversarial(cfg).mode == "accumulated"
+
+
 def build_datamodule(cfg: DictConfig) -> Any:
-    """The ``dataset`` node; batches carry each sample's geometry when the accumulated mode needs it."""
-    if has_target(cfg.attack) and build_adversarial(cfg).mode == "accumulated":
-        return build(cfg.dataset, sample_geometry=True)
+    """The ``dataset`` node. For the accumulated mode, batches carry each sample's geometry, and each training
+    image keeps its random scale for ``adversarial.accumulated.restart_visits`` epochs (its perturbation's frame
+    between restarts)."""
+    if is_accumulated(cfg):
+        settings = build_adversarial(cfg).accumulated
+        return build(cfg.dataset, sample_geometry=True, scale_hold_epochs=settings.restart_visits)
     return build(cfg.dataset)
 
 
@@ -110,7 +171,7 @@ def build_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> Segmenta
         lr_scheduler=instantiate(cfg.schedule.lr_scheduler)
         if has_target(cfg.schedule.get("lr_scheduler"))
         else None,
-        train_attack=build_train_attack(cfg, adversarial),
+        train_attack=build_train_attack(cfg),
         adversarial=adversarial,
         validation=instantiate(cfg.validation),
     )
@@ -165,8 +226,10 @@ def train(cfg: DictConfig) -> TrainResult:
     callbacks = build_callbacks(cfg)
     drop_lightning_tips()
     logger = build_logger(cfg)
+    # The accumulated mode's store is saved with (and removed with) every checkpoint file.
+    plugins = [StoreSnapshotCheckpointIO()] if is_accumulated(cfg) else None
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(output_dir)
+        cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(output_dir), plugins=plugins
     )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -178,16 +241,28 @@ def train(cfg: DictConfig) -> TrainResult:
     checkpoint_dir = output_dir / "checkpoints"
     best = sorted(checkpoint_dir.glob("best-*.ckpt"), key=lambda path: path.stat().st_mtime)
     last = checkpoint_dir / "last.ckpt"
-    # callback_metrics, not the module's attributes: under ddp_spawn only they come back
-    # to this process, already synced across ranks.
-    scores = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
+    last = last if last.is_file() else None
+    # callback_metrics and the checkpoint, not the module's or the callbacks' attributes: under ddp_spawn only
+    # they come back to this process (the metrics already synced across ranks).
+    states = callback_states(last)
+    timer, guard = states.get(TrainingTimer.__qualname__), states.get(RobustCollapseGuard.__qualname__)
     return TrainResult(
         output_dir=output_dir,
         best_checkpoint=best[-1] if best else None,
-        last_checkpoint=last if last.is_file() else None,
-        val_scores=scores,
+        last_checkpoint=last,
+        validation=ValidationScores.from_logged(trainer.callback_metrics),
+        time=None if timer is None else TrainingTime(**timer),
+        collapses=[] if guard is None else list(guard["collapses"]),
         wandb_dir=wandb_dir,
     )
+
+
+def callback_states(checkpoint: Path | None) -> dict[str, dict[str, Any]]:
+    """The callbacks' saved states in ``checkpoint``, by class name (Lightning keys them by class and settings)."""
+    if checkpoint is None:
+        return {}
+    states = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    return {key.split("{", 1)[0]: state for key, state in states.items()}
 
 
 def close_wandb(logger: Any) -> Path | None:

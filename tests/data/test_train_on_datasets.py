@@ -28,4 +28,4 @@ def test_fast_dev_run_on_each_dataset(name, make_root, tmp_path):
         output_dir=tmp_path / "run",
     )
     result = train(cfg)
-    assert 0.0 <= result.val_scores["val/miou_clean"] <= 1.0
+    assert 0.0 <= result.validation.miou["clean"] <= 100.0

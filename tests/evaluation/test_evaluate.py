@@ -155,7 +155,8 @@ def as_format_1(payload):
     config["schedule"] = {
         "optimizer": "adamw",
         "lr": 0.004,
-        "attack_steps": config["adversarial"].pop("attack_steps"),
+        # Format 1 kept the training attack's steps here (3 by default); today's config has them in attack.steps.
+        "attack_steps": 3,
         "eps_warmup_epochs": config["adversarial"].pop("eps_warmup_epochs"),
     }
     config["adversarial"].pop("_target_")

@@ -177,7 +177,7 @@ def test_eroseg_at_fine_tunes_a_users_model_and_its_checkpoint_evaluates_like_an
                 *TINY_SHAPES,
                 *model,
                 "attack=eroseg",
-                "adversarial.attack_steps=1",
+                "attack.steps=1",
                 "logger=none",
                 "schedule.max_epochs=1",
                 "trainer.limit_train_batches=2",
@@ -186,7 +186,7 @@ def test_eroseg_at_fine_tunes_a_users_model_and_its_checkpoint_evaluates_like_an
             output_dir=tmp_path / "run",
         )
     )
-    assert 0 <= result.val_scores["val/miou_pgd10"] <= result.val_scores["val/miou_clean"] + 1e-6
+    assert 0 <= result.validation.miou["pgd10"] <= result.validation.miou["clean"] + 1e-4
     if source == "torchvision":
         # The pretrained file only initialised the weights: the checkpoint holds them, so it is not needed.
         weights.unlink()
@@ -197,7 +197,7 @@ def test_eroseg_at_fine_tunes_a_users_model_and_its_checkpoint_evaluates_like_an
     (report,) = evaluate(cfg).reports
     # The same images and weights as the run's last validation (shapes at 64 px: nothing padded).
     assert report.method == "EroSeg1-AT" and report.num_images == 8
-    assert report.row("clean").miou == pytest.approx(result.val_scores["val/miou_clean"], abs=1e-6)
+    assert 100 * report.row("clean").miou == pytest.approx(result.validation.miou["clean"], abs=1e-4)
 
 
 @pytest.mark.slow
