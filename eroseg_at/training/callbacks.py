@@ -307,6 +307,11 @@ class TrainingTimer(Callback):
     def time(self) -> TrainingTime:
         return TrainingTime(self.training, self.validation, self.epochs)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed within an epoch (stopped by a signal) gets no on_train_epoch_start for it, and its
+        # checkpoint counted that epoch already.
+        self._mark = time.perf_counter()
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._mark = time.perf_counter()
         self.epochs += 1
