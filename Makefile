@@ -31,7 +31,7 @@ train-clean: $(STAMP) ## Standard (non-adversarial) training of the default mode
 	$(PY) train.py $(ARGS)
 
 DEMO_DIR := outputs/demo
-demo: $(STAMP) ## A first run in about 3 minutes: EroSeg-AT of a small model on part of shapes, then a short robustness report
+demo: $(STAMP) ## A first run in about 3 minutes: EroSeg-AT of an ImageNet-initialised model on part of shapes, then a short robustness report
 	rm -rf $(DEMO_DIR)
 	$(PY) train.py experiment=quickstart hydra.run.dir=$(DEMO_DIR)/train $(ARGS)
 	$(PY) evaluate.py ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt suite=quick hydra.run.dir=$(DEMO_DIR)/evaluate
