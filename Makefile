@@ -30,6 +30,12 @@ train: $(STAMP) ## The main job: EroSeg-AT on the embedded shapes dataset (ARGS=
 train-clean: $(STAMP) ## Standard (non-adversarial) training of the default model on shapes
 	$(PY) train.py $(ARGS)
 
+DEMO_DIR := outputs/demo
+demo: $(STAMP) ## A first run in about 3 minutes: EroSeg-AT of an ImageNet-initialised model on part of shapes, then a short robustness report
+	rm -rf $(DEMO_DIR)
+	$(PY) train.py experiment=quickstart hydra.run.dir=$(DEMO_DIR)/train $(ARGS)
+	$(PY) evaluate.py ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt suite=quick hydra.run.dir=$(DEMO_DIR)/evaluate
+
 test: $(STAMP) ## Run the default test suite (everything not marked slow or gpu)
 	$(PY) -m pytest
 
@@ -63,4 +69,4 @@ bench: $(STAMP) ## Benchmarks: attack overhead and adversarial-training step
 clean: ## Remove run outputs (outputs/, multirun/, wandb/)
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache
 
-.PHONY: help install train train-clean test test-slow test-gpu lint format eval reproduce bench clean
+.PHONY: help install train train-clean demo test test-slow test-gpu lint format eval reproduce bench clean

@@ -1,15 +1,9 @@
-"""Robustness report of training checkpoints: ``python evaluate.py ckpt_path=PATH_OR_GLOB [suite=paper]``."""
+"""Robustness report of training checkpoints: ``python evaluate.py ckpt_path=PATH_OR_GLOB [suite=paper]``.
 
-import hydra
-from omegaconf import DictConfig
+The installed package runs the same app as ``eroseg-eval`` (:func:`eroseg_at.cli.evaluate_app`).
+"""
 
-from eroseg_at.evaluation import evaluate
-
-
-@hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
-
+from eroseg_at.cli import evaluate_app
 
 if __name__ == "__main__":
-    main()
+    evaluate_app()

@@ -1,3 +1,3 @@
 """eroseg-at: EroSeg attack and EroSeg-AT adversarial training for semantic segmentation."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

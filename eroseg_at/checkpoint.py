@@ -32,6 +32,10 @@ METHOD_KEY = "eroseg_at_method"
 # `adversarial` (checkpoints without FORMAT_KEY); 2: now.
 FORMAT_VERSION = 2
 MODEL_PREFIX = "model."
+CKPT_PATH_HINT = (
+    "ckpt_path takes a checkpoint that train.py wrote (outputs/train/<date>/<time>/checkpoints/last.ckpt) or a "
+    "quoted glob (\"ckpt_path='outputs/train/**/best*.ckpt'\")"
+)
 
 
 class CheckpointError(UserError, ValueError):
@@ -173,14 +177,17 @@ def resolve_checkpoint_paths(pattern: str) -> list[Path]:
         raise CheckpointError(
             "ckpt_path is empty: give a checkpoint path or a glob such as 'outputs/**/*.ckpt'"
         )
+    where = "" if Path(pattern).is_absolute() else f" (relative paths are read from {Path.cwd()})"
     if glob.has_magic(pattern):
         paths = sorted(Path(match) for match in glob.glob(pattern, recursive=True) if Path(match).is_file())
         if not paths:
-            raise CheckpointError(f"ckpt_path glob {pattern!r} matches no file")
+            raise CheckpointError(f"ckpt_path glob {pattern!r} matches no file{where}; {CKPT_PATH_HINT}")
         return paths
     path = Path(pattern)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not exist or is not a file{where}; {CKPT_PATH_HINT}"
+        )
     return [path]
 
 

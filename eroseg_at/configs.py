@@ -1,4 +1,5 @@
-"""The project's Hydra configs (``conf/``): composed outside ``@hydra.main`` (scripts, benchmarks, tests), and built."""
+"""The project's Hydra configs (``conf/``): where they are, composed outside ``@hydra.main`` (scripts, benchmarks,
+tests), and built."""
 
 from __future__ import annotations
 
@@ -11,7 +12,20 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+def find_conf_dir() -> Path:
+    """The configs: ``eroseg_at/conf`` in an installed wheel, else the checkout's top-level ``conf/``.
+
+    ``conf/`` is kept in one place, the top of the repository (where ``python train.py`` reads it); building a
+    wheel installs it as the package data ``eroseg_at/conf`` (pyproject.toml), which a checkout never has, so an
+    editable install and ``python train.py`` read the checkout's files.
+    """
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if installed.is_dir() else package.parent / "conf"
+
+
+CONF_DIR = find_conf_dir()
 
 
 def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:

@@ -10,3 +10,8 @@ already catch (``class DatasetError(UserError, ValueError)``), so marking an err
 class UserError(Exception):
     """An error in what the user gave (a path, a config value, a file's contents), with a message that says how
     to fix it."""
+
+
+class ConfigError(UserError, ValueError):
+    """Settings that cannot work together (a model's class count that differs from the dataset's, a crop size the
+    architecture cannot take), naming each key and value."""

@@ -30,8 +30,11 @@ def clock_text(seconds: float) -> str:
 class Progress:
     """Reports the progress of ``total`` units of work, live on a terminal, in plain lines elsewhere.
 
-    The ETA is the remaining work at the rate of the work done so far by this object, so work that was
-    never done here (results read from a cache) should be left out of ``total``.
+    The ETA is the remaining work at the rate of the work done by this object since its first unit finished:
+    the first one carries the start-up costs (data loader workers, memory allocation, compilation) and, counted
+    in, made the first ETAs many times too long. Until the rate has been measured over ``warmup_updates``
+    advancing updates and ``warmup_s`` seconds, the ETA shows as ``?``. Work that was never done here (results
+    read from a cache) should be left out of ``total``.
 
     Args:
         name: The line's prefix (``evaluate``, ``train``).
@@ -40,6 +43,8 @@ class Progress:
         stream: Where to write; None is ``sys.stdout`` at the time of :meth:`__enter__`.
         live: Force the live bar (True) or plain lines (False); None decides by ``stream.isatty()``.
         clock: Returns seconds (monotonic); replaced in tests.
+        warmup_updates: Advancing updates after the first one before an ETA is given.
+        warmup_s: Seconds after the first advancing update before an ETA is given.
     """
 
     def __init__(
@@ -50,6 +55,8 @@ class Progress:
         stream: TextIO | None = None,
         live: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        warmup_updates: int = 1,
+        warmup_s: float = 10.0,
     ) -> None:
         if interval_s < 0:
             raise ValueError(f"interval_s must be >= 0 seconds, got {interval_s}")
@@ -59,10 +66,15 @@ class Progress:
         self.stream = stream
         self.live = live
         self.clock = clock
+        self.warmup_updates = warmup_updates
+        self.warmup_s = warmup_s
         self.done = 0.0
         self.status = ""
         self._started = 0.0
         self._printed: float | None = None
+        # (time, units done) when the first unit of work finished, and the advancing updates since.
+        self._first: tuple[float, float] | None = None
+        self._updates_since_first = 0
         self._bar: RichProgress | None = None
         self._task = None
 
@@ -96,6 +108,11 @@ class Progress:
         """Records ``advance`` more units done and the current ``status``; prints when a line is due."""
         self.done += advance
         self.status = status
+        if advance > 0:
+            if self._first is None:
+                self._first = (self.clock(), self.done)
+            else:
+                self._updates_since_first += 1
         if self._bar is not None:
             self._bar.update(self._task, advance=advance, description=f"{self.name}: {status}")
             return
@@ -104,10 +121,15 @@ class Progress:
             self._print(status, eta=True)
 
     def eta_seconds(self) -> float | None:
-        """Seconds left at the rate so far; None before any work or without a total."""
-        if self.total is None or self.done <= 0:
+        """Seconds left at the rate since the first unit of work finished; None during the warm-up (see the class)
+        or without a total."""
+        if self.total is None or self._first is None or self._updates_since_first < self.warmup_updates:
             return None
-        return (self.clock() - self._started) * max(self.total - self.done, 0.0) / self.done
+        first_time, first_done = self._first
+        seconds, work = self.clock() - first_time, self.done - first_done
+        if seconds < self.warmup_s or work <= 0:
+            return None
+        return seconds * max(self.total - self.done, 0.0) / work
 
     def _print(self, status: str, eta: bool) -> None:
         now = self.clock()

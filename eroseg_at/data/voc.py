@@ -9,21 +9,18 @@ from eroseg_at.data.files import LabelMapping, PairedFilesSource, check_pairs, r
 
 NUM_CLASSES = 21
 
+# Four lines each, so that an error showing one stays short (docs/DATASETS.md draws the full tree).
 VOC_LAYOUT = """\
-<dataset.root>/                      (VOCdevkit, or VOC2012 itself)
-  VOC2012/
-    JPEGImages/<id>.jpg
-    SegmentationClass/<id>.png       palette PNGs: palette index = class (0-20), 255 = ignore
-    ImageSets/Segmentation/train.txt, val.txt   one <id> per line"""
+VOCdevkit/VOC2012/                   dataset.root: VOCdevkit, or VOC2012 itself
+  JPEGImages/<id>.jpg
+  SegmentationClass/<id>.png         palette PNGs: palette index = class (0-20), 255 = ignore
+  ImageSets/Segmentation/train.txt, val.txt   one <id> per line"""
 
 VOC_AUG_LAYOUT = """\
-<dataset.root>/                      (VOCdevkit, or VOC2012 itself)
-  VOC2012/
-    JPEGImages/<id>.jpg
-    SegmentationClass/<id>.png       VOC labels (used for val)
-    SegmentationClassAug/<id>.png    SBD-augmented labels: class indices 0-20, 255 = ignore
-    ImageSets/Segmentation/train_aug.txt   10,582 ids (or DeepLab '/JPEGImages/x.jpg /SegmentationClassAug/x.png' lines)
-    ImageSets/Segmentation/val.txt"""
+VOCdevkit/VOC2012/                   dataset.root: VOCdevkit, or VOC2012 itself
+  JPEGImages/<id>.jpg, SegmentationClass/<id>.png   images, and the VOC labels (used for val)
+  SegmentationClassAug/<id>.png      SBD-augmented labels: class indices 0-20, 255 = ignore
+  ImageSets/Segmentation/train_aug.txt (10,582 ids, or DeepLab '/JPEGImages/x.jpg /SegmentationClassAug/x.png' lines), val.txt"""
 
 
 def voc_directory(root: str | Path, layout: str = VOC_LAYOUT) -> Path:

@@ -57,11 +57,16 @@ class CacheError(UserError, RuntimeError):
 
 
 def write_atomically(payload: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary name beside ``path``, then rename: readers never see a partial file."""
+    """``torch.save`` to a temporary name beside ``path``, then rename: readers never see a partial file, and a
+    write interrupted by a signal (:mod:`eroseg_at.signals`) leaves none behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, partial)
-    partial.replace(path)
+    try:
+        torch.save(payload, partial)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 class PassCache:

@@ -4,6 +4,7 @@ memory (:mod:`.sources`: torchvision, Hugging Face, TorchScript, SMP directories
 """
 
 from eroseg_at.models.adapter import FeatureSegmentationAdapter, SegmentationAdapter, SourceInfo
+from eroseg_at.models.errors import ModelFileNotFoundError, ModelSourceError
 from eroseg_at.models.factory import available_models, build_model
 from eroseg_at.models.sources import (
     adapt_model,
@@ -15,6 +16,8 @@ from eroseg_at.models.sources import (
 
 __all__ = [
     "FeatureSegmentationAdapter",
+    "ModelFileNotFoundError",
+    "ModelSourceError",
     "SegmentationAdapter",
     "SourceInfo",
     "adapt_model",

@@ -13,6 +13,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from eroseg_at.models.adapter import IMAGENET_MEAN, IMAGENET_STD, FeatureSegmentationAdapter, SourceInfo
+from eroseg_at.models.errors import ModelFileNotFoundError, ModelSourceError
 from eroseg_at.models.packaged_weights import PACKAGED_ENCODER_WEIGHTS
 from eroseg_at.models.weights import check_keys, read_state_dict
 
@@ -30,8 +31,8 @@ def load_encoder_weights(network: torch.nn.Module, path: str | Path) -> None:
     ``encoder.`` prefix on every key (as in a full SMP model's state dict) is stripped.
 
     Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: The file is not a state dict, or its keys do not match the encoder (listed).
+        ModelFileNotFoundError: The file does not exist.
+        ModelSourceError: The file is not a state dict, or its keys do not match the encoder (listed).
     """
     state = read_state_dict(path)
     if all(key.startswith("encoder.") for key in state):
@@ -94,19 +95,19 @@ def build_model(
         input of ``segmentation_head`` (the network runs its own ``forward``, DPT's included).
 
     Raises:
-        ValueError: Unknown architecture (the message lists the valid names),
+        ModelSourceError: Unknown architecture (the message lists the valid names),
             both ``encoder_weights`` and ``encoder_weights_path`` given, or packaged weights that do not fit
             the encoder.
         ModuleNotFoundError: The package of packaged weights is not installed.
     """
     if name not in smp.MODEL_ARCHITECTURES_MAPPING:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+        raise ModelSourceError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        raise ModelSourceError(f"num_classes must be >= 1, got {num_classes}")
     if encoder_weights is not None and encoder_weights_path is not None:
-        raise ValueError("give model.encoder_weights or model.encoder_weights_path, not both")
+        raise ModelSourceError("give model.encoder_weights or model.encoder_weights_path, not both")
     if encoder_weights_path is not None and not Path(encoder_weights_path).is_file():
-        raise FileNotFoundError(f"model.encoder_weights_path={encoder_weights_path} does not exist")
+        raise ModelFileNotFoundError(f"model.encoder_weights_path={encoder_weights_path} does not exist")
     architecture = dict(architecture or {})
     packaged = PACKAGED_ENCODER_WEIGHTS.get(encoder_weights)
     network = smp.create_model(

@@ -3,8 +3,10 @@
 Each builder returns a :class:`~eroseg_at.models.adapter.SegmentationAdapter` (images in [0, 1] -> logits at
 the input size, normalisation inside) and is a Hydra ``_target_`` with plain keyword arguments
 (``conf/model/{torchvision,huggingface,torchscript,smp}.yaml``). ``mean``/``std`` override the normalisation
-of every source. Nothing is downloaded: every builder reads local files only, and a missing file or
-directory is a ``FileNotFoundError`` naming it. Each adapter is checked once on a probe batch
+of every source. Nothing is downloaded: every builder reads local files only; a missing file or directory is a
+:class:`~eroseg_at.models.errors.ModelFileNotFoundError` naming it, a file that does not load a
+:class:`~eroseg_at.models.errors.ModelSourceError` (user errors: the entry points print them without a
+traceback). Each adapter is checked once on a probe batch
 (:meth:`~eroseg_at.models.adapter.SegmentationAdapter.check_output`) before it is returned, in training mode
 like any freshly built torch module (Lightning never calls ``.train()`` itself; call ``.eval()`` for inference).
 
@@ -43,6 +45,7 @@ from eroseg_at.models.adapter import (
     check_positive_int,
     count_classes,
 )
+from eroseg_at.models.errors import ModelFileNotFoundError, ModelSourceError
 from eroseg_at.models.weights import check_keys, existing_path, load_weights, sha256_of
 
 IMAGENET = "ImageNet"
@@ -159,9 +162,9 @@ def torchvision_model(
         LR-ASPP (see the module docstring).
 
     Raises:
-        ValueError: Unknown name (the valid ones are listed), bad ``num_classes``, or weights that are not a
-            state dict of this architecture (see :func:`eroseg_at.models.weights.load_weights`).
-        FileNotFoundError: ``weights`` does not exist.
+        ModelSourceError: Unknown name (the valid ones are listed), bad ``num_classes``, or weights that are not
+            a state dict of this architecture (see :func:`eroseg_at.models.weights.load_weights`).
+        ModelFileNotFoundError: ``weights`` does not exist.
 
     Shape:
         ``[B, 3, H, W]`` in [0, 1] -> ``[B, num_classes, H, W]``.
@@ -170,7 +173,9 @@ def torchvision_model(
 
     names = torchvision.models.list_models(module=torchvision.models.segmentation)
     if name not in names:
-        raise ValueError(f"unknown torchvision segmentation model {name!r}; valid names: {', '.join(names)}")
+        raise ModelSourceError(
+            f"unknown torchvision segmentation model {name!r}; valid names: {', '.join(names)}"
+        )
     check_positive_int(num_classes, "num_classes")
     path = existing_path(weights, "model.weights") if weights is not None else None
     network = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes)
@@ -193,7 +198,7 @@ def preprocessor_normalization(directory: Path) -> tuple[tuple[float, ...], tupl
     Resizing (``do_resize``) is not reproduced: the adapter runs at the size it is given.
 
     Raises:
-        ValueError: The file is not JSON, or ``do_normalize`` is set without ``image_mean``/``image_std``, or
+        ModelSourceError: The file is not JSON, or ``do_normalize`` is set without ``image_mean``/``image_std``, or
             they do not hold 1 or 3 values; naming the file.
     """
     file = directory / PREPROCESSOR_CONFIG
@@ -202,7 +207,7 @@ def preprocessor_normalization(directory: Path) -> tuple[tuple[float, ...], tupl
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read {file}: {error}") from error
+        raise ModelSourceError(f"cannot read {file}: {error}") from error
     scale = 255.0 * float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 255.0
     if not config.get("do_normalize", True):
         return tuple(m / scale for m in IDENTITY_MEAN), tuple(s / scale for s in IDENTITY_STD)
@@ -211,7 +216,9 @@ def preprocessor_normalization(directory: Path) -> tuple[tuple[float, ...], tupl
         value = config.get(key)
         values = [value] if isinstance(value, (int, float)) else value
         if not isinstance(values, list) or len(values) not in (1, 3):
-            raise ValueError(f"{file}: {key} must be a number or a list of 1 or 3 numbers, got {value!r}")
+            raise ModelSourceError(
+                f"{file}: {key} must be a number or a list of 1 or 3 numbers, got {value!r}"
+            )
         statistics.append(tuple(float(v) / scale for v in values * (3 // len(values))))
     return statistics[0], statistics[1]
 
@@ -244,8 +251,8 @@ def huggingface_model(
         A :class:`FeatureSegmentationAdapter` for SegFormer and UperNet, else a :class:`SegmentationAdapter`.
 
     Raises:
-        FileNotFoundError: The directory, its ``config.json`` or its weights file does not exist.
-        ValueError: The config is not of a semantic segmentation model (the valid classes are listed),
+        ModelFileNotFoundError: The directory, its ``config.json`` or its weights file does not exist.
+        ModelSourceError: The config is not of a semantic segmentation model (the valid classes are listed),
             ``num_classes`` differs from ``num_labels``, or the weights do not fit (missing and unexpected keys
             are listed).
 
@@ -260,19 +267,19 @@ def huggingface_model(
     try:
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
     except (ValueError, OSError, KeyError) as error:
-        raise ValueError(f"cannot read the Hugging Face config {config_file}: {error}") from error
+        raise ModelSourceError(f"cannot read the Hugging Face config {config_file}: {error}") from error
     valid = list(MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.values())
     architectures = list(config.architectures or [])
     if config.model_type not in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES or (
         architectures and not set(architectures) & set(valid)
     ):
         described = ", ".join(architectures) or f"model_type {config.model_type!r}"
-        raise ValueError(
+        raise ModelSourceError(
             f"{config_file} describes {described}, which is not a semantic segmentation model; "
             f"AutoModelForSemanticSegmentation loads {', '.join(valid)}"
         )
     if num_classes is not None and num_classes != config.num_labels:
-        raise ValueError(
+        raise ModelSourceError(
             f"num_classes={num_classes} but {config_file} has num_labels={config.num_labels}: "
             "set model.num_classes (or the dataset) to match the model"
         )
@@ -281,9 +288,9 @@ def huggingface_model(
             directory, config=config, local_files_only=True, output_loading_info=True
         )
     except OSError as error:  # transformers' error for a directory without a weights file
-        raise FileNotFoundError(f"model.path={directory}: {error}") from error
+        raise ModelFileNotFoundError(f"model.path={directory}: {error}") from error
     except RuntimeError as error:
-        raise ValueError(f"cannot load the weights in {directory}: {error}") from error
+        raise ModelSourceError(f"cannot load the weights in {directory}: {error}") from error
     check_keys(info["missing_keys"], info["unexpected_keys"], str(directory), type(network).__name__)
     drop_head(network, "auxiliary_head")
     network.train()
@@ -322,8 +329,8 @@ def torchscript_model(
         A :class:`SegmentationAdapter` (no decoder features: a compiled module exposes no layers to hook).
 
     Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: The file is not a TorchScript archive, or the module's output is not logits.
+        ModelFileNotFoundError: The file does not exist.
+        ModelSourceError: The file is not a TorchScript archive, or the module's output is not logits.
 
     Shape:
         ``[B, 3, H, W]`` in [0, 1] -> ``[B, num_classes, H, W]``.
@@ -332,7 +339,7 @@ def torchscript_model(
     try:
         network = torch.jit.load(str(file), map_location="cpu")
     except (RuntimeError, ValueError) as error:
-        raise ValueError(
+        raise ModelSourceError(
             f"{file} is not a TorchScript archive (written by torch.jit.save): {str(error).splitlines()[0]}"
         ) from error
     network.train()
@@ -367,8 +374,8 @@ def smp_model(
         ``input_divisor`` is the encoder's output stride where the architecture needs divisible sizes, else 1.
 
     Raises:
-        FileNotFoundError: The directory, its ``config.json`` or ``model.safetensors`` does not exist.
-        ValueError: ``config.json`` names no SMP model class, or the weights do not fit it.
+        ModelFileNotFoundError: The directory, its ``config.json`` or ``model.safetensors`` does not exist.
+        ModelSourceError: ``config.json`` names no SMP model class, or the weights do not fit it.
 
     Shape:
         ``[B, 3, H, W]`` in [0, 1] -> ``[B, num_classes, H, W]``.
@@ -383,18 +390,18 @@ def smp_model(
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read {config_file}: {error}") from error
+        raise ModelSourceError(f"cannot read {config_file}: {error}") from error
     class_name = config.get("_model_class") if isinstance(config, dict) else None
     model_class = getattr(smp, class_name, None) if isinstance(class_name, str) else None
     if not (isinstance(model_class, type) and issubclass(model_class, smp.base.SegmentationModel)):
-        raise ValueError(
+        raise ModelSourceError(
             f"{config_file} names no segmentation-models-pytorch model class under '_model_class' (found "
             f"{class_name!r}); expected a directory written by an SMP model's save_pretrained"
         )
     try:
         network = smp.from_pretrained(directory, encoder_weights=None, activation=None, local_files_only=True)
     except RuntimeError as error:
-        raise ValueError(
+        raise ModelSourceError(
             f"the weights in {weights_file} do not fit {class_name} of {config_file}: {error}"
         ) from error
     drop_head(network, "classification_head")

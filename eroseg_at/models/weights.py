@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from eroseg_at.models.errors import ModelFileNotFoundError, ModelSourceError
+
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
 # Keys under which training scripts commonly nest the state dict of a model.
@@ -37,12 +39,13 @@ def existing_path(path: str | Path, what: str, directory: bool = False) -> Path:
         directory: Expect a directory instead of a file.
 
     Raises:
-        FileNotFoundError: Naming ``what`` and the path.
+        ModelFileNotFoundError: Naming ``what`` and the path (and the directory a relative path is read from).
     """
     path = Path(path).expanduser()
     kind = "directory" if directory else "file"
     if not (path.is_dir() if directory else path.is_file()):
-        raise FileNotFoundError(f"{what}={path}: no such {kind}")
+        where = "" if path.is_absolute() else f" (relative paths are read from {Path.cwd()})"
+        raise ModelFileNotFoundError(f"{what}={path}: no such {kind}{where}")
     return path
 
 
@@ -60,8 +63,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         Parameter and buffer names mapped to tensors, on the CPU.
 
     Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: The suffix is not one of the above, the file cannot be read, holds pickled objects, or
+        ModelFileNotFoundError: The file does not exist.
+        ModelSourceError: The suffix is not one of the above, the file cannot be read, holds pickled objects, or
             holds something other than a mapping of names to tensors; each message names the file.
     """
     path = existing_path(path, "weights file")
@@ -73,9 +76,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         try:
             return load_file(path, device="cpu")
         except (SafetensorError, OSError) as error:
-            raise ValueError(f"cannot read the safetensors file {path}: {error}") from error
+            raise ModelSourceError(f"cannot read the safetensors file {path}: {error}") from error
     if suffix not in TORCH_SUFFIXES:
-        raise ValueError(
+        raise ModelSourceError(
             f"weights file {path} has suffix {path.suffix!r}; expected one of "
             f"{', '.join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))}"
         )
@@ -83,13 +86,18 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = UNSUPPORTED_GLOBAL.search(str(error))
-        what = f" (it refers to {found.group(1)})" if found else ""
-        raise ValueError(
-            f"{path} holds pickled Python objects{what}, such as a whole model, which are not loaded "
-            f"because unpickling can run arbitrary code; {EXPORT_HINT}"
+        if found is None:
+            # weights_only's unpickler met bytes that are no pickle at all (a text file, another format).
+            raise ModelSourceError(f"{path} is not a file written by torch.save; {EXPORT_HINT}") from error
+        raise ModelSourceError(
+            f"{path} holds pickled Python objects (it refers to {found.group(1)}), such as a whole model, which "
+            f"are not loaded because unpickling can run arbitrary code; {EXPORT_HINT}"
         ) from error
     except (RuntimeError, OSError, EOFError) as error:
-        raise ValueError(f"cannot read the torch file {path}: {error}") from error
+        raise ModelSourceError(
+            f"cannot read the torch file {path} (truncated or not written by torch.save): "
+            f"{str(error).splitlines()[0]}"
+        ) from error
     return _as_state_dict(content, path)
 
 
@@ -109,7 +117,7 @@ def _as_state_dict(content: object, path: Path) -> dict[str, Tensor]:
             if isinstance(content, Mapping)
             else f"a {type(content).__name__}"
         )
-        raise ValueError(
+        raise ModelSourceError(
             f"{path} does not hold a state dict (a non-empty mapping of names to tensors, optionally under "
             f"{' or '.join(repr(k) for k in WRAPPER_KEYS)}): found {found}; {EXPORT_HINT}"
         )
@@ -132,10 +140,10 @@ def check_keys(missing: Collection[str], unexpected: Collection[str], source: st
         architecture: The architecture the weights were loaded into, for the message.
 
     Raises:
-        ValueError: Listing the first 20 missing and unexpected keys and their counts.
+        ModelSourceError: Listing the first 20 missing and unexpected keys and their counts.
     """
     if missing or unexpected:
-        raise ValueError(
+        raise ModelSourceError(
             f"the weights in {source} do not fit the architecture {architecture}: "
             f"missing keys {_listed(missing)}, unexpected keys {_listed(unexpected)}"
         )
@@ -154,8 +162,8 @@ def load_weights(
             deliberately built without, such as torchvision's ``aux_classifier.``).
 
     Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: The file is not a state dict (see :func:`read_state_dict`), its keys do not fit
+        ModelFileNotFoundError: The file does not exist.
+        ModelSourceError: The file is not a state dict (see :func:`read_state_dict`), its keys do not fit
             (the message lists missing and unexpected keys), or tensor shapes differ (listed with both shapes).
     """
     state = read_state_dict(path)
@@ -168,7 +176,7 @@ def load_weights(
         if state[key].shape != value.shape
     ]
     if wrong_shapes:
-        raise ValueError(
+        raise ModelSourceError(
             f"the weights in {path} do not fit the architecture {architecture} (is num_classes right?): "
             f"{len(wrong_shapes)} tensors differ in shape: {'; '.join(wrong_shapes[:LISTED_KEYS])}"
         )

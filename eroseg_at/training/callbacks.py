@@ -1,11 +1,15 @@
-"""Callbacks of the training run: config in checkpoints, per-class IoU table, W&B example panels, the guard
-against a collapse of robustness, the timer of training and validation."""
+"""Callbacks of the training run: config in checkpoints, a checkpoint when asked to stop, per-class IoU table, W&B
+example panels, the guard against a collapse of robustness, the timer of training and validation."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import lightning as L
@@ -14,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.table import Table
 
@@ -26,6 +31,7 @@ from eroseg_at.checkpoint import (
     TrainingMethod,
 )
 from eroseg_at.metrics import SegmentationScores
+from eroseg_at.signals import exit_status, raise_interrupted, signal_name
 from eroseg_at.visualization import amplified_perturbation
 
 
@@ -66,6 +72,73 @@ def training_method(module: L.LightningModule) -> TrainingMethod:
         eps=float(attack.eps),
         clip=adversarial.single_step.clip if adversarial.mode == SINGLE_STEP else None,
     )
+
+
+class InterruptCheckpoint(Callback):
+    """Training asked to stop (SIGTERM, or SIGINT: Ctrl-C) ends after the batch it is in, writes ``path``, which
+    ``ckpt_path=`` resumes, and the process exits with status 128 + the signal's number.
+
+    Lightning stops at the end of the next training or validation batch on SIGTERM, with ``SIGTERMException``: a
+    ``SystemExit`` without a status, so the process used to end with 0 (success) and lose the epoch in progress.
+    This callback gives the first SIGINT the same treatment (a second one stops at once and saves nothing), and on
+    that exception writes the checkpoint and sets the status. The checkpoint holds the last completed optimizer
+    step; resuming it mid-epoch draws the epoch's remaining batches from a fresh shuffle (Lightning warns so).
+
+    Args:
+        path: The checkpoint file (the run's ``checkpoints/last.ckpt``).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.signum = signal.SIGTERM
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning installed its SIGTERM handler; its teardown restores the SIGINT handler found then.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, partial(self._stop_after_batch, trainer))
+
+    def _stop_after_batch(self, trainer: L.Trainer, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        # The flag Lightning's SIGTERM handler sets and its loops check after every batch (on all ranks).
+        trainer._signal_connector.received_sigterm = True
+        signal.signal(signum, raise_interrupted)
+        if trainer.is_global_zero:
+            print(
+                f"\ntrain: {signal_name(signum)}: stopping after this batch (again: at once, no checkpoint)"
+            )
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        if trainer.validating:
+            restart_validation(trainer)
+        trainer.save_checkpoint(self.path, weights_only=False)
+        exception.code = exit_status(self.signum)
+        if trainer.is_global_zero:
+            print(
+                f"train: stopped by {signal_name(self.signum)} at epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}; resume with ckpt_path={self.path}",
+                flush=True,
+            )
+
+
+def restart_validation(trainer: L.Trainer) -> None:
+    """Records the validation in progress as stopped inside its first batch, so that a checkpoint saved now
+    resumes by running the whole validation again.
+
+    Lightning resumes a checkpoint saved between two validation batches by skipping the rest of that validation
+    (no scores for the epoch, its best-checkpoint decision lost), and one saved inside a batch by finishing the
+    remaining batches (scores of part of the images). Inside the first batch, the remaining batches are all.
+    """
+    progress = trainer.fit_loop.epoch_loop.val_loop.batch_progress
+    done = progress.current.completed
+    for tracker in (progress.total, progress.current):
+        # total also counts the validations run earlier in the epoch (val_check_interval < 1).
+        earlier = tracker.completed - done
+        tracker.ready = tracker.started = earlier + 1
+        tracker.processed = tracker.completed = earlier
 
 
 def iou_table(scores: dict[str, SegmentationScores], class_names: list[str]) -> Table:
@@ -225,7 +298,8 @@ class RobustCollapseGuard(Callback):
         if robust > self.best:
             self.best, self.best_clean = robust, clean
         if self.path is not None:
-            trainer.save_checkpoint(self.path)
+            # weights_only given: left unset, Lightning logs that it defaulted to False, after every validation.
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_clean": self.best_clean, "collapses": list(self.collapses)}
@@ -265,6 +339,11 @@ class TrainingTimer(Callback):
     @property
     def time(self) -> TrainingTime:
         return TrainingTime(self.training, self.validation, self.epochs)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed within an epoch (stopped by a signal) gets no on_train_epoch_start for it, and its
+        # checkpoint counted that epoch already.
+        self._mark = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._mark = time.perf_counter()

@@ -60,6 +60,8 @@ class PlainProgressBar(ProgressBar):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._progress is not None:
+            # The last status was taken at the last validation batch, before that validation's scores were logged.
+            self._progress.status = self._status(trainer, pl_module, "", epoch=trainer.current_epoch)
             self._progress.__exit__(None, None, None)
             self._progress = None
 
@@ -70,7 +72,11 @@ class PlainProgressBar(ProgressBar):
             self._progress.__exit__(type(exception), exception, None)
             self._progress = None
 
-    def _status(self, trainer: L.Trainer, pl_module: L.LightningModule, where: str) -> str:
+    def _status(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, where: str, epoch: int | None = None
+    ) -> str:
+        """The line's text; ``epoch`` (1-based) defaults to the one in progress (after the last one, the count of
+        epochs done is ``trainer.current_epoch``)."""
         metrics = {
             key: value
             for key, value in self.get_metrics(trainer, pl_module).items()
@@ -78,7 +84,7 @@ class PlainProgressBar(ProgressBar):
         }
         return ", ".join(
             [
-                f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}",
+                f"epoch {trainer.current_epoch + 1 if epoch is None else epoch}/{trainer.max_epochs}",
                 f"step {trainer.global_step}/{'?' if math.isinf(self._steps) else int(self._steps)}",
                 *([where] if where else []),
                 *(f"{key} {value:.4g}" for key, value in metrics.items()),

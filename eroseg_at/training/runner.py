@@ -19,7 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from eroseg_at.configs import build
-from eroseg_at.training.callbacks import ConfigInCheckpoint, RobustCollapseGuard, TrainingTime, TrainingTimer
+from eroseg_at.errors import ConfigError
+from eroseg_at.training.callbacks import (
+    ConfigInCheckpoint,
+    InterruptCheckpoint,
+    RobustCollapseGuard,
+    TrainingTime,
+    TrainingTimer,
+)
+from eroseg_at.training.log_noise import drop_lightning_tips, without_anonymous_setting
 from eroseg_at.training.module import AdversarialTraining, SegmentationModule
 from eroseg_at.training.store_checkpoints import StoreSnapshotCheckpointIO
 
@@ -94,19 +102,19 @@ def check_setup(cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
     """Refuse configurations that would only fail (or silently mislead) mid-training."""
     dataset = cfg.dataset
     if model.num_classes != datamodule.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"model.num_classes={model.num_classes} does not match dataset.num_classes="
             f"{datamodule.num_classes} of dataset '{dataset.name}'"
         )
     divisor = model.input_divisor
     crop_h, crop_w = dataset.crop_size
     if crop_h % divisor or crop_w % divisor:
-        raise ValueError(
+        raise ConfigError(
             f"dataset.crop_size={[crop_h, crop_w]} is not divisible by {divisor}, which the model "
             f"({describe_model_config(cfg.model)}) needs; use a multiple of {divisor}"
         )
     if dataset.pad_divisor % divisor:
-        raise ValueError(
+        raise ConfigError(
             f"dataset.pad_divisor={dataset.pad_divisor} is not a multiple of {divisor}, which the model "
             f"({describe_model_config(cfg.model)}) needs for validation images"
         )
@@ -129,7 +137,7 @@ def build_adversarial(cfg: DictConfig) -> AdversarialTraining:
     """The ``adversarial`` node, refusing an amortised mode without a training attack to amortise."""
     adversarial = build(cfg.adversarial)
     if adversarial.mode != "multi_step" and not has_target(cfg.attack):
-        raise ValueError(
+        raise ConfigError(
             f"adversarial.mode={adversarial.mode} needs a training attack (attack=eroseg, attack=pgd, ...); "
             "attack=none is standard training"
         )
@@ -170,9 +178,14 @@ def build_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> Segmenta
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    """The ``callbacks`` group's callbacks (null entries left out) and the one that stores ``cfg``."""
+    """The ``callbacks`` group's callbacks (null entries left out), the one that stores ``cfg`` and the one that
+    writes ``checkpoints/last.ckpt`` and sets the exit status when training is asked to stop."""
     configured = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if has_target(node)]
-    return [*configured, ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True))]
+    return [
+        *configured,
+        ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)),
+        InterruptCheckpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"),
+    ]
 
 
 def build_logger(cfg: DictConfig) -> Any:
@@ -181,7 +194,9 @@ def build_logger(cfg: DictConfig) -> Any:
     if cfg.logger._target_.endswith("WandbLogger"):
         # Lightning's offline flag only sets WANDB_MODE, which a W&B setup made earlier in
         # the same process (a multirun, a notebook) ignores: pass the mode to wandb.init too.
-        return instantiate(cfg.logger, mode="offline" if cfg.logger.offline else "online")
+        return without_anonymous_setting(
+            instantiate(cfg.logger, mode="offline" if cfg.logger.offline else "online")
+        )
     return instantiate(cfg.logger)
 
 
@@ -197,13 +212,19 @@ def train(cfg: DictConfig) -> TrainResult:
     """
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
-
     datamodule = build_datamodule(cfg)
+    # The dataset's files are read before Lightning starts (and prints), so that a wrong root is a short error
+    # rather than one raised from inside trainer.fit. The sources draw from their own seeded generators.
+    for split in ("train", "val"):
+        datamodule.source(split)
+    L.seed_everything(cfg.seed, workers=True)
     model = build(cfg.model)
     check_setup(cfg, model, datamodule)
     module = build_module(cfg, model, datamodule)
+    # The model summary counts FLOPs on this input (without one it prints "Total FLOPs: 0").
+    module.example_input_array = torch.zeros(1, 3, *datamodule.crop_size)
     callbacks = build_callbacks(cfg)
+    drop_lightning_tips()
     logger = build_logger(cfg)
     # The accumulated mode's store is saved with (and removed with) every checkpoint file.
     plugins = [StoreSnapshotCheckpointIO()] if is_accumulated(cfg) else None
