@@ -16,7 +16,7 @@ import torch
 
 from eroseg_at.cli import USER_ERROR_STATUS
 from eroseg_at.evaluation import evaluate
-from eroseg_at.evaluation.cache import MemberCache, MemberKey
+from eroseg_at.evaluation.cache import write_atomically
 from eroseg_at.signals import Interrupted, exit_status
 from eroseg_at.training.runner import train
 from tests.conftest import REPO_ROOT, TINY_SHAPES, compose_train_config
@@ -259,7 +259,6 @@ def test_a_cache_write_stopped_by_a_signal_leaves_no_file(tmp_path, monkeypatch)
         raise Interrupted(signal.SIGTERM)
 
     monkeypatch.setattr(torch, "save", stopped_save)
-    key = MemberKey({"member": "pgd3"})
     with pytest.raises(Interrupted):
-        MemberCache(tmp_path).store_batch(key, 0, torch.zeros(2, 3, 4, dtype=torch.int64))
-    assert [path.name for path in tmp_path.rglob("*")] == [f"{key.digest}.partial"]
+        write_atomically({"statistics": torch.zeros(2, 3, 4, dtype=torch.int64)}, tmp_path / "batches" / "0.pt")
+    assert [path.name for path in tmp_path.rglob("*")] == ["batches"]
