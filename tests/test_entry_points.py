@@ -260,5 +260,7 @@ def test_a_cache_write_stopped_by_a_signal_leaves_no_file(tmp_path, monkeypatch)
 
     monkeypatch.setattr(torch, "save", stopped_save)
     with pytest.raises(Interrupted):
-        write_atomically({"statistics": torch.zeros(2, 3, 4, dtype=torch.int64)}, tmp_path / "batches" / "0.pt")
+        write_atomically(
+            {"statistics": torch.zeros(2, 3, 4, dtype=torch.int64)}, tmp_path / "batches" / "0.pt"
+        )
     assert [path.name for path in tmp_path.rglob("*")] == ["batches"]

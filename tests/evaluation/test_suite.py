@@ -140,7 +140,7 @@ def test_any_preset_of_the_attack_group_can_join_a_suite(tmp_path, preset):
         "suite=quick",
         "eps=[4/255]",
         f"+attack@suite.attacks.extra={preset}",
-        "suite.attacks.extra.steps=3",
+        "++suite.attacks.extra.steps=3",  # Square has no steps of its own (its budget is queries) and reads them
         "+suite.attacks.extra.label=Extra",
     )
     (run,) = [run for run in suite.runs if run.key == "extra"]
