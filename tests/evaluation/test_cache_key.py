@@ -14,10 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
+from eroseg_at.attacks import PGD
 from eroseg_at.checkpoint import load_checkpoint
 from eroseg_at.evaluation import evaluate, pipeline
+from eroseg_at.evaluation.cache import PassCache
+from eroseg_at.evaluation.data import EvaluationData
+from eroseg_at.evaluation.distributed import single_process
 from eroseg_at.evaluation.keys import DataIdentity, Execution, ModelIdentity, PassIdentity, PassKey
-from eroseg_at.evaluation.passes import PassRunner
+from eroseg_at.evaluation.passes import AttackPass, CleanPass, PassRunner
+from eroseg_at.evaluation.settings import EvaluationSettings
+from eroseg_at.evaluation.suite import AttackRun
 from tests.evaluation.conftest import (
     ONE_STEP_PGD,
     SIZE,
@@ -227,7 +233,7 @@ def computed(monkeypatch) -> set[str]:
 
 def test_every_field_that_a_setting_reaches_has_a_change():
     # data.content: test_images_replaced_in_place_under_their_names_are_recomputed; the device type and a pass's
-    # kind no setting of a CPU run reaches (the digest test covers them).
+    # kind no setting of a CPU run reaches: the last two tests of this file.
     assert {change.field for change in CHANGES} == set(FIELDS) - {
         "data.content",
         "execution.device",
@@ -291,3 +297,34 @@ def test_images_replaced_in_place_under_their_names_are_recomputed(tmp_path, com
     assert computed == set(BOTH) and not any(row.cached for row in rerun.reports[0].rows)
     fresh = evaluate(compose_evaluate_config([*settings, "cache=false"], tmp_path / "fresh"))
     assert scores(rerun) == scores(fresh)
+
+
+# ------------------------------------- the fields no setting of a CPU run reaches: filled from what they name
+def test_the_device_type_the_passes_run_on_is_in_their_keys(tmp_path):
+    # A CUDA run computes other numbers than a CPU run (its kernels differ): its passes must not serve a CPU rerun.
+    images = torch.rand(4, 3, 8, 8)
+    batches = [(part, torch.zeros(2, 8, 8, dtype=torch.int64)) for part in images.split(2)]
+    data = EvaluationData(
+        "toy", batches, 2, ("a", "b"), batch_sizes=[2, 2], batch_loader=lambda i: [batches[j] for j in i]
+    )
+    identity = ModelIdentity("weights", {"class": "toy"}, None, 1)
+
+    def keys_on(device: str) -> PassKey:
+        runner = PassRunner(EvaluationSettings(), single_process(torch.device(device)), PassCache(tmp_path))
+        (key,) = pipeline.pass_keys(runner, data, identity, [CleanPass(2, 255)])
+        return key
+
+    on_cpu, on_cuda = keys_on("cpu"), keys_on("cuda")
+    assert (on_cpu.execution.device, on_cuda.execution.device) == ("cpu", "cuda")
+    assert on_cpu.digest != on_cuda.digest
+    assert dataclasses.replace(on_cuda, execution=on_cpu.execution) == on_cpu
+
+
+def test_a_pass_of_another_kind_has_another_key():
+    # The same attack on the same stream as a suite member and as a curve point: the kind keeps them apart.
+    attack = PGD(steps=1)
+    run = AttackRun("pgd", "PGD", "attack", "pgd", "8/255", 8 / 255, {"steps": 1})
+    member = AttackPass(run, attack, 2, 255).identity
+    point = AttackPass(dataclasses.replace(run, kind="iterations"), attack, 2, 255).identity
+    assert (member.kind, point.kind) == ("attack", "iterations")
+    assert dataclasses.replace(point, kind="attack") == member
