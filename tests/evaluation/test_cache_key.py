@@ -320,11 +320,15 @@ def test_the_device_type_the_passes_run_on_is_in_their_keys(tmp_path):
     assert dataclasses.replace(on_cuda, execution=on_cpu.execution) == on_cpu
 
 
-def test_a_pass_of_another_kind_has_another_key():
-    # The same attack on the same stream as a suite member and as a curve point: the kind keeps them apart.
-    attack = PGD(steps=1)
-    run = AttackRun("pgd", "PGD", "attack", "pgd", "8/255", 8 / 255, {"steps": 1})
-    member = AttackPass(run, attack, 2, 255).identity
+def test_an_attack_pass_is_keyed_by_its_kind_its_stream_and_the_attack_as_built():
+    # A suite member's stream names its budget, so no setting changes eps alone; the identity holds the attack's
+    # own eps all the same, for passes whose stream does not name it. Likewise the kind keeps a suite member and a
+    # curve point of the same attack on the same stream apart.
+    attack = PGD(eps="4/255", steps=2, alpha=0.02)
+    run = AttackRun("pgd", "PGD", "attack", "pgd", "8/255", 8 / 255, {"steps": 2})
+    parameters = {key: value for key, value in vars(attack).items() if key not in ("eps", "steps")}
+    assert AttackPass(run, attack, 2, 255).identity == PassIdentity(
+        "attack", ("pgd", "8/255"), "eroseg_at.attacks.pgd.PGD", parameters, pytest.approx(4 / 255), 2
+    )
     point = AttackPass(dataclasses.replace(run, kind="iterations"), attack, 2, 255).identity
-    assert (member.kind, point.kind) == ("attack", "iterations")
-    assert dataclasses.replace(point, kind="attack") == member
+    assert point.kind == "iterations"
