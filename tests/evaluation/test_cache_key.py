@@ -14,13 +14,21 @@ import pytest
 import torch
 from PIL import Image
 
+import eroseg_at
 from eroseg_at.attacks import PGD
 from eroseg_at.checkpoint import load_checkpoint
 from eroseg_at.evaluation import evaluate, pipeline
 from eroseg_at.evaluation.cache import PassCache
 from eroseg_at.evaluation.data import EvaluationData
 from eroseg_at.evaluation.distributed import single_process
-from eroseg_at.evaluation.keys import DataIdentity, Execution, ModelIdentity, PassIdentity, PassKey
+from eroseg_at.evaluation.keys import (
+    DataIdentity,
+    Execution,
+    ModelIdentity,
+    PassIdentity,
+    PassKey,
+    source_version,
+)
 from eroseg_at.evaluation.passes import AttackPass, CleanPass, PassRunner
 from eroseg_at.evaluation.settings import EvaluationSettings
 from eroseg_at.evaluation.suite import AttackRun
@@ -332,3 +340,29 @@ def test_an_attack_pass_is_keyed_by_its_kind_its_stream_and_the_attack_as_built(
     )
     point = AttackPass(dataclasses.replace(run, kind="iterations"), attack, 2, 255).identity
     assert point.kind == "iterations"
+
+
+@pytest.fixture
+def package_copy(tmp_path, monkeypatch) -> Path:
+    """A copy of the package's sources that :func:`~eroseg_at.evaluation.keys.source_version` reads instead."""
+    copy = shutil.copytree(
+        Path(eroseg_at.__file__).parent, tmp_path / "eroseg_at", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    monkeypatch.setattr(eroseg_at, "__file__", str(copy / "__init__.py"))
+    source_version.cache_clear()
+    yield copy
+    source_version.cache_clear()
+
+
+def test_the_code_version_follows_every_source_that_produces_results_but_trainings(package_copy):
+    before = source_version()
+    training = package_copy / "training" / "runner.py"
+    training.write_text(training.read_text() + "\n# a change to training alone\n")
+    source_version.cache_clear()
+    assert source_version() == before
+    for name in ("evaluation/worst_case.py", "attacks/pgd.py", "models/adapter.py", "data/shapes.py"):
+        path = package_copy / name
+        path.write_text(path.read_text() + "\n# a change\n")
+        source_version.cache_clear()
+        assert source_version() != before, name
+        before = source_version()
