@@ -32,8 +32,8 @@ class Progress:
 
     The ETA is the remaining work at the rate of the work done by this object since its first unit finished:
     the first one carries the start-up costs (data loader workers, memory allocation, compilation) and, counted
-    in, made the first ETAs many times too long. Until the rate has been measured over ``warmup_updates``
-    advancing updates and ``warmup_s`` seconds, the ETA shows as ``?``. Work that was never done here (results
+    in, made the first ETAs many times too long. Until the rate has been measured over ``warmup_s`` seconds and at
+    least one more unit of work since the first, the ETA shows as ``?``. Work that was never done here (results
     read from a cache) should be left out of ``total``.
 
     Args:
@@ -43,7 +43,6 @@ class Progress:
         stream: Where to write; None is ``sys.stdout`` at the time of :meth:`__enter__`.
         live: Force the live bar (True) or plain lines (False); None decides by ``stream.isatty()``.
         clock: Returns seconds (monotonic); replaced in tests.
-        warmup_updates: Advancing updates after the first one before an ETA is given.
         warmup_s: Seconds after the first advancing update before an ETA is given.
     """
 
@@ -55,7 +54,6 @@ class Progress:
         stream: TextIO | None = None,
         live: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
-        warmup_updates: int = 1,
         warmup_s: float = 10.0,
     ) -> None:
         if interval_s < 0:
@@ -66,15 +64,13 @@ class Progress:
         self.stream = stream
         self.live = live
         self.clock = clock
-        self.warmup_updates = warmup_updates
         self.warmup_s = warmup_s
         self.done = 0.0
         self.status = ""
         self._started = 0.0
         self._printed: float | None = None
-        # (time, units done) when the first unit of work finished, and the advancing updates since.
+        # (time, units done) when the first unit of work finished.
         self._first: tuple[float, float] | None = None
-        self._updates_since_first = 0
         self._bar: RichProgress | None = None
         self._task = None
 
@@ -108,11 +104,8 @@ class Progress:
         """Records ``advance`` more units done and the current ``status``; prints when a line is due."""
         self.done += advance
         self.status = status
-        if advance > 0:
-            if self._first is None:
-                self._first = (self.clock(), self.done)
-            else:
-                self._updates_since_first += 1
+        if advance > 0 and self._first is None:
+            self._first = (self.clock(), self.done)
         if self._bar is not None:
             self._bar.update(self._task, advance=advance, description=f"{self.name}: {status}")
             return
@@ -123,7 +116,7 @@ class Progress:
     def eta_seconds(self) -> float | None:
         """Seconds left at the rate since the first unit of work finished; None during the warm-up (see the class)
         or without a total."""
-        if self.total is None or self._first is None or self._updates_since_first < self.warmup_updates:
+        if self.total is None or self._first is None:
             return None
         first_time, first_done = self._first
         seconds, work = self.clock() - first_time, self.done - first_done

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from eroseg_at.cli import USER_ERROR_STATUS
 from eroseg_at.evaluation import evaluate
 from eroseg_at.evaluation.cache import write_atomically
 from eroseg_at.signals import Interrupted, exit_status
@@ -22,6 +21,8 @@ from eroseg_at.training.runner import train
 from tests.conftest import REPO_ROOT, TINY_SHAPES, compose_train_config
 from tests.evaluation.conftest import compose_evaluate_config, trained_run  # noqa: F401 (a fixture)
 
+# The documented status of a user error (README, eroseg_at/cli.py): 2, as argparse and most Unix tools use.
+USER_ERROR_STATUS = 2
 ENV = {**os.environ, "WANDB_SILENT": "false", "OMP_NUM_THREADS": "1"}
 ENV.pop("HYDRA_FULL_ERROR", None)
 

@@ -59,13 +59,15 @@ def test_every_attack_option_builds(option, tmp_path):
     attack = build_train_attack(cfg)
     if option == "none":
         assert attack is None
-    elif "steps" in cfg.attack:
+    elif option == "square":
+        # Square counts queries, not gradient steps: its own 1000, or the steps given, by the same key as any other.
+        assert attack.queries == 1000 and cfg.attack.steps is None and "queries" in cfg.attack
+        given = compose_train_config([f"attack={option}", "attack.steps=5"], output_dir=tmp_path)
+        assert build_train_attack(given).queries == 5
+    else:
         # The training default is 3 iterations; a preset that carries its paper's budget (PAdam: 200) keeps it.
         assert attack.name and attack.steps == cfg.attack.steps
         assert cfg.attack.steps == (200 if option.startswith("padam") else 3)
-    else:
-        # Square counts queries, not gradient steps.
-        assert attack.name == "square" and "queries" in cfg.attack
 
 
 @pytest.mark.parametrize("option", group_options("schedule"))

@@ -14,10 +14,24 @@ import pytest
 import torch
 from PIL import Image
 
+import eroseg_at
+from eroseg_at.attacks import PGD
 from eroseg_at.checkpoint import load_checkpoint
 from eroseg_at.evaluation import evaluate, pipeline
-from eroseg_at.evaluation.keys import DataIdentity, Execution, ModelIdentity, PassIdentity, PassKey
-from eroseg_at.evaluation.passes import PassRunner
+from eroseg_at.evaluation.cache import PassCache
+from eroseg_at.evaluation.data import EvaluationData
+from eroseg_at.evaluation.distributed import single_process
+from eroseg_at.evaluation.keys import (
+    DataIdentity,
+    Execution,
+    ModelIdentity,
+    PassIdentity,
+    PassKey,
+    source_version,
+)
+from eroseg_at.evaluation.passes import AttackPass, CleanPass, PassRunner
+from eroseg_at.evaluation.settings import EvaluationSettings
+from eroseg_at.evaluation.suite import AttackRun
 from tests.evaluation.conftest import (
     ONE_STEP_PGD,
     SIZE,
@@ -227,7 +241,7 @@ def computed(monkeypatch) -> set[str]:
 
 def test_every_field_that_a_setting_reaches_has_a_change():
     # data.content: test_images_replaced_in_place_under_their_names_are_recomputed; the device type and a pass's
-    # kind no setting of a CPU run reaches (the digest test covers them).
+    # kind no setting of a CPU run reaches: the last two tests of this file.
     assert {change.field for change in CHANGES} == set(FIELDS) - {
         "data.content",
         "execution.device",
@@ -291,3 +305,64 @@ def test_images_replaced_in_place_under_their_names_are_recomputed(tmp_path, com
     assert computed == set(BOTH) and not any(row.cached for row in rerun.reports[0].rows)
     fresh = evaluate(compose_evaluate_config([*settings, "cache=false"], tmp_path / "fresh"))
     assert scores(rerun) == scores(fresh)
+
+
+# ------------------------------------- the fields no setting of a CPU run reaches: filled from what they name
+def test_the_device_type_the_passes_run_on_is_in_their_keys(tmp_path):
+    # A CUDA run computes other numbers than a CPU run (its kernels differ): its passes must not serve a CPU rerun.
+    images = torch.rand(4, 3, 8, 8)
+    batches = [(part, torch.zeros(2, 8, 8, dtype=torch.int64)) for part in images.split(2)]
+    data = EvaluationData(
+        "toy", batches, 2, ("a", "b"), batch_sizes=[2, 2], batch_loader=lambda i: [batches[j] for j in i]
+    )
+    identity = ModelIdentity("weights", {"class": "toy"}, None, 1)
+
+    def keys_on(device: str) -> PassKey:
+        runner = PassRunner(EvaluationSettings(), single_process(torch.device(device)), PassCache(tmp_path))
+        (key,) = pipeline.pass_keys(runner, data, identity, [CleanPass(2, 255)])
+        return key
+
+    on_cpu, on_cuda = keys_on("cpu"), keys_on("cuda")
+    assert (on_cpu.execution.device, on_cuda.execution.device) == ("cpu", "cuda")
+    assert on_cpu.digest != on_cuda.digest
+    assert dataclasses.replace(on_cuda, execution=on_cpu.execution) == on_cpu
+
+
+def test_an_attack_pass_is_keyed_by_its_kind_its_stream_and_the_attack_as_built():
+    # A suite member's stream names its budget, so no setting changes eps alone; the identity holds the attack's
+    # own eps all the same, for passes whose stream does not name it. Likewise the kind keeps a suite member and a
+    # curve point of the same attack on the same stream apart.
+    attack = PGD(eps="4/255", steps=2, alpha=0.02)
+    run = AttackRun("pgd", "PGD", "attack", "pgd", "8/255", 8 / 255, {"steps": 2})
+    parameters = {key: value for key, value in vars(attack).items() if key not in ("eps", "steps")}
+    assert AttackPass(run, attack, 2, 255).identity == PassIdentity(
+        "attack", ("pgd", "8/255"), "eroseg_at.attacks.pgd.PGD", parameters, pytest.approx(4 / 255), 2
+    )
+    point = AttackPass(dataclasses.replace(run, kind="iterations"), attack, 2, 255).identity
+    assert point.kind == "iterations"
+
+
+@pytest.fixture
+def package_copy(tmp_path, monkeypatch) -> Path:
+    """A copy of the package's sources that :func:`~eroseg_at.evaluation.keys.source_version` reads instead."""
+    copy = shutil.copytree(
+        Path(eroseg_at.__file__).parent, tmp_path / "eroseg_at", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    monkeypatch.setattr(eroseg_at, "__file__", str(copy / "__init__.py"))
+    source_version.cache_clear()
+    yield copy
+    source_version.cache_clear()
+
+
+def test_the_code_version_follows_every_source_that_produces_results_but_trainings(package_copy):
+    before = source_version()
+    training = package_copy / "training" / "runner.py"
+    training.write_text(training.read_text() + "\n# a change to training alone\n")
+    source_version.cache_clear()
+    assert source_version() == before
+    for name in ("evaluation/worst_case.py", "attacks/pgd.py", "models/adapter.py", "data/shapes.py"):
+        path = package_copy / name
+        path.write_text(path.read_text() + "\n# a change\n")
+        source_version.cache_clear()
+        assert source_version() != before, name
+        before = source_version()

@@ -16,7 +16,9 @@ from PIL import Image
 from eroseg_at.checkpoint import (
     CONFIG_KEY,
     FORMAT_KEY,
+    METHOD_KEY,
     CheckpointError,
+    TrainingMethod,
     load_checkpoint,
     resolve_checkpoint_paths,
 )
@@ -151,7 +153,7 @@ def as_format_1(payload):
     """What train.py wrote before the checkpoint format had a version: the model config without
     _target_, and the training attack's settings in `schedule`."""
     config = payload[CONFIG_KEY]
-    del payload[FORMAT_KEY]
+    del payload[FORMAT_KEY], payload[METHOD_KEY]
     config["model"].pop("_target_")
     config["schedule"] = {
         "optimizer": "adamw",
@@ -174,6 +176,21 @@ def test_a_checkpoint_of_format_1_still_evaluates_to_the_same_report(trained_run
     assert [(row.key, row.eps_text, row.miou) for row in report.rows] == [
         (row.key, row.eps_text, row.miou) for row in expected.rows
     ]
+
+
+def test_the_method_comes_from_the_checkpoints_record_and_from_its_config_without_one(trained_run, tmp_path):
+    # The stored config says standard training; a record that says otherwise is what the report names.
+    record = TrainingMethod("PGD", "single_step", 1, "adv_only", 8 / 255, clip=True)
+    recorded = save_modified(
+        trained_run / "last.ckpt",
+        tmp_path / "recorded.ckpt",
+        lambda payload: payload.update({METHOD_KEY: record.to_record()}),
+    )
+    assert load_checkpoint(recorded).method == record
+    unrecorded = save_modified(
+        trained_run / "last.ckpt", tmp_path / "unrecorded.ckpt", lambda payload: payload.pop(METHOD_KEY)
+    )
+    assert load_checkpoint(unrecorded).method == TrainingMethod()
 
 
 def test_a_checkpoint_of_an_unknown_format_is_refused(trained_run, tmp_path):

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from eroseg_at.attacks import DatasetFacts, available_attacks
 from eroseg_at.attacks.apgd import balanced_class_weights
-from eroseg_at.configs import CONF_DIR
+from eroseg_at.configs import CONF_DIR, compose_config
 from eroseg_at.errors import UserError
+from eroseg_at.evaluation.keys import json_value
 from eroseg_at.evaluation.suite import Suite, SuiteError
 from tests.evaluation.conftest import compose_evaluate_config
 
@@ -152,6 +154,11 @@ def test_any_preset_of_the_attack_group_can_join_a_suite(tmp_path, preset):
         255,
     )
     assert "extra" in suite.worst_case
+    # The member is the preset itself (eroseg_paper's alpha 0.001 included) at the member's steps and the suite's
+    # budget: the attack training builds from the same preset on a dataset with the same facts.
+    trained = compose_config("train", [f"attack={preset}", "attack.steps=3", "attack.eps=4/255"])
+    assert (trained.dataset.ignore_index, trained.dataset.background_class) == (255, 0)
+    assert json_value(vars(attack)) == json_value(vars(instantiate(trained.attack)))
 
 
 def test_a_removed_member_is_gone(tmp_path):
