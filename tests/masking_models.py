@@ -40,6 +40,9 @@ class Victim(nn.Module):
         x: [B, 3, H, W] in [0, 1], H and W even; output: [B, 7, H, W] logits.
     """
 
+    # The stride-2 convolution and the ×2 upsampling give the input size back for even sizes only.
+    input_divisor = 2
+
     def __init__(self, width: int = 16, num_classes: int = ShapesDataset.num_classes) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -99,31 +102,39 @@ def train_victim() -> Victim:
     return victim.eval()
 
 
-class QuantizedInput(nn.Module):
+class Wrapper(nn.Module):
+    """A wrapped model under the model contract: its ``num_classes`` and ``input_divisor`` are the wrapped one's."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.num_classes = model.num_classes
+        self.input_divisor = model.input_divisor
+
+
+class QuantizedInput(Wrapper):
     """``model(round(x · levels) / levels)``: the input rounded to ``levels + 1`` values, gradient 0."""
 
     def __init__(self, model: nn.Module, levels: int = 255) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.levels = levels
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(torch.round(x * self.levels) / self.levels)
 
 
-class SaturatedLogits(nn.Module):
+class SaturatedLogits(Wrapper):
     """``scale · model(x)``: the same argmax, a softmax that is exactly one-hot in float32 almost everywhere."""
 
     def __init__(self, model: nn.Module, scale: float = 1e4) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.scale = scale
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x) * self.scale
 
 
-class RandomResizePad(nn.Module):
+class RandomResizePad(Wrapper):
     """At each call: resize the batch by ``r`` pixels (r uniform in 0..``max_pad``), place it at a random offset
     in a zero canvas ``max_pad`` pixels larger, run ``model``, cut the image's logits out and resize them back
     (bilinear both ways).
@@ -133,8 +144,7 @@ class RandomResizePad(nn.Module):
     """
 
     def __init__(self, model: nn.Module, max_pad: int = 4, seed: int = 0) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.max_pad = max_pad
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -102,6 +102,9 @@ class Attack:
     name: ClassVar[str] = ""
     supports_targeted: ClassVar[bool] = False
     uses_features: ClassVar[bool] = False
+    # False for a score-based attack (Square): it never asks for a gradient, so gradient masking cannot fool it,
+    # and the gradient-masking checks compare it with the members that do.
+    uses_gradients: ClassVar[bool] = True
     # Whether a call may end before ``steps`` gradient evaluations (APGD's option); reports say "at most".
     early_stop: bool = False
 

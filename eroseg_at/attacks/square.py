@@ -88,6 +88,7 @@ class Square(Attack):
     """
 
     name = "square"
+    uses_gradients = False
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ Every check takes per-image statistics (:func:`~eroseg_at.evaluation.worst_case.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
@@ -90,10 +90,13 @@ class MaskingVerdict:
     Attributes:
         checks: Each check's result, in the order run.
         seconds: Wall time of the checks' extra passes and computations.
+        not_run: Checks that had nothing to compare, by name, with the reason (a suite without gradient
+            members has no white-box worst case for the black-box check).
     """
 
     checks: tuple[CheckResult, ...]
     seconds: float
+    not_run: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def suspected(self) -> bool:
@@ -101,21 +104,27 @@ class MaskingVerdict:
         return any(check.flagged for check in self.checks)
 
     def summary(self) -> str:
-        """The verdict line: each failed check with its explanation, or that none failed."""
+        """The verdict line: each failed check with its explanation, or that none failed; then those not run."""
         failed = [check for check in self.checks if check.flagged]
         if not failed:
-            return f"gradient masking: no check failed ({len(self.checks)} checks, {self.seconds:.1f} s)"
-        return "gradient masking suspected: " + "; ".join(
-            f"{check.name}: {check.explanation}" for check in failed
-        )
+            line = f"gradient masking: no check failed ({len(self.checks)} checks, {self.seconds:.1f} s)"
+        else:
+            line = "gradient masking suspected: " + "; ".join(
+                f"{check.name}: {check.explanation}" for check in failed
+            )
+        if self.not_run:
+            line += "; not run: " + "; ".join(f"{name} ({reason})" for name, reason in self.not_run.items())
+        return line
 
     def to_json(self) -> dict:
-        """``{"suspected", "seconds", "summary", "checks": [{"name", "flagged", "numbers", "explanation"}]}``."""
+        """``{"suspected", "seconds", "summary", "checks": [{"name", "flagged", "numbers", "explanation"}],
+        "not_run": {name: reason}}``."""
         return {
             "suspected": self.suspected,
             "seconds": self.seconds,
             "summary": self.summary(),
             "checks": [{**asdict(check), "numbers": dict(check.numbers)} for check in self.checks],
+            "not_run": dict(self.not_run),
         }
 
 

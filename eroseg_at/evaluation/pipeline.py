@@ -26,6 +26,7 @@ from eroseg_at.evaluation.errors import PlanError
 from eroseg_at.evaluation.example import example
 from eroseg_at.evaluation.inference import full_resolution
 from eroseg_at.evaluation.keys import DataIdentity, Execution, ModelIdentity, PassKey, code_version
+from eroseg_at.evaluation.masking_passes import MaskingChecks, plan_checks
 from eroseg_at.evaluation.models import ModelToEvaluate, applied_source, model_identity, models_to_evaluate
 from eroseg_at.evaluation.passes import AttackPass, CleanPass, PassProducer, PassRunner, PlannedPass
 from eroseg_at.evaluation.results import (
@@ -42,13 +43,15 @@ from eroseg_at.progress import Progress
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """One model's passes: the clean pass, then one per suite run (``runs`` and their ``attacks``)."""
+    """One model's passes: the clean pass, one per suite run (``runs`` and their ``attacks``), then those of the
+    gradient-masking ``checks`` (None where they are disabled)."""
 
     entry: ModelToEvaluate
     data: EvaluationData
     runs: tuple[AttackRun, ...]
     attacks: tuple[Attack, ...]
     passes: tuple[PlannedPass, ...]
+    checks: MaskingChecks | None = None
 
 
 def pass_keys(
@@ -125,16 +128,20 @@ def plan_model(
         attacks.append(attack)
     if problems:
         return None, problems
+    checks, problems = plan_checks(runner.settings.masking_checks, suite.runs, attacks, data)
+    if problems:
+        return None, problems
     producers = [
         CleanPass(data.num_classes, data.ignore_index),
         *(
             AttackPass(run, attack, data.num_classes, data.ignore_index)
             for run, attack in zip(suite.runs, attacks, strict=True)
         ),
+        *([] if checks is None else checks.producers),
     ]
     keys = pass_keys(runner, data, model_identity(entry, model), producers)
     passes = runner.plan(data, producers, keys)
-    return ModelPlan(entry, data, suite.runs, tuple(attacks), tuple(passes)), []
+    return ModelPlan(entry, data, suite.runs, tuple(attacks), tuple(passes), checks), []
 
 
 def evaluate_plan(
@@ -155,7 +162,9 @@ def evaluate_plan(
     ]
     if not runner.processes.is_main:
         return None
-    clean, *attacked = results
+    clean, *rest = results
+    attacked, extra = rest[: len(plan.runs)], rest[len(plan.runs) :]
+    rounds = runner.settings.worst_case_rounds
     rows = [
         clean_row(clean),
         *(
@@ -168,9 +177,7 @@ def evaluate_plan(
         for run, result in zip(plan.runs, attacked, strict=True)
         if run.kind == "attack" and run.key in suite.worst_case
     }
-    rows += worst_case_rows(
-        plan.runs, suite.worst_case, clean.statistics, members, runner.settings.worst_case_rounds
-    )
+    rows += worst_case_rows(plan.runs, suite.worst_case, clean.statistics, members, rounds)
     return ModelReport(
         name=entry.name,
         path=entry.path,
@@ -186,6 +193,7 @@ def evaluate_plan(
         source=applied_source(network),
         example=example(runner, model, data, plan.runs, rows, runner.settings.example_images),
         training_method=entry.training_method,
+        gradient_masking=None if plan.checks is None else plan.checks.verdict(clean, attacked, extra, rounds),
     )
 
 

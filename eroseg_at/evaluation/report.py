@@ -222,6 +222,38 @@ def cache_lines(reports: list[ModelReport]) -> list[str]:
     return lines or ["- Nothing came from the cache: every pass was computed by this run."]
 
 
+def masking_verdict_line(report: ModelReport) -> str | None:
+    """The model's gradient-masking verdict (each failed check with its numbers, or that none failed) and the
+    checks' cost: seconds, and their share of the model's pass time; None where the checks did not run."""
+    verdict = report.gradient_masking
+    if verdict is None:
+        return None
+    passes = sum(row.seconds for row in report.rows if row.kind != "worst_case") + verdict.seconds
+    share = verdict.seconds / passes if passes > 0 else 0.0
+    return (
+        f"- {report.method} (`{report.name}`): **{'SUSPECTED' if verdict.suspected else 'not suspected'}**. "
+        f"{verdict.summary()}. Cost: {verdict.seconds:.1f} s, {100 * share:.1f} % of the model's pass time "
+        "(as computed, cached passes included)."
+    )
+
+
+def masking_section(reports: list[ModelReport]) -> list[str]:
+    """results.md's gradient-masking section: one verdict line per model (nothing where the checks were off)."""
+    lines = [line for report in reports if (line := masking_verdict_line(report)) is not None]
+    if not lines:
+        return []
+    return [
+        "",
+        "## Gradient-masking checks",
+        "",
+        "Black box vs white box, budget, iterations, gradient health and repeatability on the first images "
+        '(docs/EVALUATION.md, "Gradient-masking checks"); results.json holds every check\'s numbers under '
+        "`gradient_masking`.",
+        "",
+        *lines,
+    ]
+
+
 def write_markdown(reports: list[ModelReport], path: Path, figures: list[Path]) -> None:
     parts = [
         "# Robustness report",
@@ -244,6 +276,7 @@ def write_markdown(reports: list[ModelReport], path: Path, figures: list[Path]) 
         members_table(reports),
         "",
         *cache_lines(reports),
+        *masking_section(reports),
     ]
     for report in reports:
         curve = iterations_table(report)

@@ -18,6 +18,7 @@ from eroseg_at.attacks.base import Attack, IterativeAttack
 from eroseg_at.checkpoint import TrainingMethod
 from eroseg_at.evaluation.cache import PassResult
 from eroseg_at.evaluation.keys import json_value
+from eroseg_at.evaluation.masking import MaskingVerdict
 from eroseg_at.evaluation.suite import AttackRun
 from eroseg_at.evaluation.worst_case import pixel_accuracy, scores_from_statistics, select, worst_case
 from eroseg_at.models.adapter import SourceInfo
@@ -316,6 +317,7 @@ class ModelReport:
         source: How the model was built and adapted (source kind, file, digest, adapter, normalisation applied).
         example: The example grid's images, or None.
         training_method: How a training checkpoint's model was trained (its record, or its config's account).
+        gradient_masking: The gradient-masking checks' verdict; None where they were disabled.
     """
 
     name: str
@@ -332,6 +334,7 @@ class ModelReport:
     source: SourceInfo | None = None
     example: Example | None = None
     training_method: TrainingMethod | None = None
+    gradient_masking: MaskingVerdict | None = None
 
     @property
     def num_images(self) -> int:
@@ -376,4 +379,5 @@ class ModelReport:
             "training_config": self.training,
             "training_method": None if self.training_method is None else self.training_method.to_record(),
             "results": [row.to_json() for row in self.rows],
+            "gradient_masking": None if self.gradient_masking is None else self.gradient_masking.to_json(),
         }

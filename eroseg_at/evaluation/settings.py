@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from eroseg_at.attacks.arguments import parse_number
 from eroseg_at.evaluation.errors import EvaluationError
 
 # fp16 is left out: autograd.grad is not loss-scaled, so input gradients would underflow.
@@ -42,6 +43,56 @@ class CompileSettings:
 
 
 @dataclass(frozen=True)
+class MaskingCheckSettings:
+    """The gradient-masking checks (:mod:`.masking_passes`): whether they run and their extra passes' budgets.
+
+    Attributes:
+        enabled: Run the checks and report their verdict (``masking_checks.enabled=false``: neither).
+        images: The subset: the first evaluated batches holding at least this many images.
+        queries: Square's forward passes per image (the black-box check).
+        large_eps: The budget at which one cheap attack must knock over most correct pixels (budget check).
+        small_eps: The extra low budget of the budget check where the suite has a single one.
+        cheap_steps: Iterations of the cheap attack (APGD, masked CE) at ``large_eps`` and ``small_eps``.
+
+    Raises:
+        EvaluationError: Naming ``masking_checks.<key>``, for a value outside its range.
+    """
+
+    enabled: bool = True
+    images: int = 32
+    queries: int = 1000
+    large_eps: str = "64/255"
+    small_eps: str = "2/255"
+    cheap_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise EvaluationError(f"masking_checks.enabled must be true or false, got {self.enabled!r}")
+        for key in ("images", "queries", "cheap_steps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise EvaluationError(f"masking_checks.{key} must be an integer >= 1, got {value!r}")
+        for key in ("large_eps", "small_eps"):
+            try:
+                if parse_number(getattr(self, key), key) <= 0:
+                    raise ValueError(f"{key} must be > 0")
+            except ValueError as error:
+                raise EvaluationError(f"masking_checks.{key}: {error}") from None
+
+    @classmethod
+    def from_config(cls, node: DictConfig) -> MaskingCheckSettings:
+        """The settings of the ``masking_checks`` node of ``conf/evaluate.yaml``."""
+        return cls(
+            enabled=node.enabled,
+            images=node.images,
+            queries=node.queries,
+            large_eps=str(node.large_eps),
+            small_eps=str(node.small_eps),
+            cheap_steps=node.cheap_steps,
+        )
+
+
+@dataclass(frozen=True)
 class EvaluationSettings:
     """How the passes run and what the report holds.
 
@@ -54,6 +105,7 @@ class EvaluationSettings:
         example_images: Images in the example grid (0: none).
         seed: Seeds every batch's random start together with the pass and the batch index.
         progress_interval_s: Seconds between plain progress lines when stdout is not a terminal.
+        masking_checks: The gradient-masking checks run on every model.
 
     Raises:
         EvaluationError: Naming the setting, for a value outside its range.
@@ -67,6 +119,7 @@ class EvaluationSettings:
     example_images: int = 4
     seed: int = 0
     progress_interval_s: float = 30.0
+    masking_checks: MaskingCheckSettings = field(default_factory=MaskingCheckSettings)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -107,4 +160,5 @@ class EvaluationSettings:
             example_images=cfg.example_images,
             seed=cfg.seed,
             progress_interval_s=float(cfg.progress_interval_s),
+            masking_checks=MaskingCheckSettings.from_config(cfg.masking_checks),
         )

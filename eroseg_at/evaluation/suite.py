@@ -55,7 +55,8 @@ class AttackRun:
     Attributes:
         key: The member's key (``pgd10``); iteration-curve runs append ``@<steps>``.
         label: Column name in reports (``PGD10``).
-        kind: ``"attack"`` (a suite member, worst-case candidate) or ``"iterations"`` (the strength curve).
+        kind: ``"attack"`` (a suite member, worst-case candidate), ``"iterations"`` (the strength curve) or
+            ``"masking"`` (an extra pass of the gradient-masking checks, :mod:`.masking_passes`).
         attack: The registered name of the member's class (``pgd``).
         eps_text: The budget as configured (``"8/255"``); ``eps`` is its value.
         arguments: Constructor arguments besides ``eps`` and what the dataset supplies (JSON types).

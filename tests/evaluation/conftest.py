@@ -17,7 +17,8 @@ from eroseg_at.configs import compose_config
 from eroseg_at.training.runner import train
 from tests.conftest import TINY_SHAPES, compose_train_config
 
-# The cheapest suite with an attack: the clean pass and a 1-step PGD at one budget, no curve, no example grid.
+# The cheapest suite with an attack: the clean pass and a 1-step PGD at one budget, no curve, no example grid,
+# no gradient-masking checks (their passes are tested in test_masking_report.py).
 ONE_STEP_PGD = (
     "suite=quick",
     "eps=[8/255]",
@@ -26,6 +27,7 @@ ONE_STEP_PGD = (
     "suite.attacks.pgd3.steps=1",
     "suite.iterations=null",
     "example_images=0",
+    "masking_checks.enabled=false",
 )
 
 

@@ -30,7 +30,8 @@ from tests.conftest import REPO_ROOT, compose_train_config
 from tests.evaluation.conftest import ONE_STEP_PGD, compose_evaluate_config
 
 # One batch of four 64x64 images keeps a suite of a few 3-step attacks within seconds.
-SMALL = ("max_batches=1", "+dataset.val_batch_size=4", "example_images=2")
+# The gradient-masking checks on, at a small Square budget: the report files carry their section.
+SMALL = ("max_batches=1", "+dataset.val_batch_size=4", "example_images=2", "masking_checks.queries=50")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,9 @@ def test_report_files_exist_and_parse(quick_report):
     assert len(rows) == len(checkpoint["results"])
     table = files["results.md"].read_text()
     assert "| standard |" in table and "worst case @8/255" in table and "## Appendix" in table
+    verdict = checkpoint["gradient_masking"]
+    assert isinstance(verdict["suspected"], bool) and len(verdict["checks"]) == 5
+    assert "## Gradient-masking checks" in table and verdict["summary"] in table
 
 
 def test_robust_scores_do_not_exceed_clean_and_worst_case_bounds_every_attack(quick_report):
@@ -298,6 +302,7 @@ def test_attacks_see_every_image_at_its_own_size_never_padding(tmp_path, monkeyp
                 "suite=quick",
                 "+dataset.val_batch_size=4",
                 "example_images=0",
+                "masking_checks.queries=50",
             ],
             tmp_path / "evaluate",
         )

@@ -29,6 +29,7 @@ TWO_BATCHES = (
     "max_batches=2",
     "example_images=0",
     "device=cpu",
+    "masking_checks.enabled=false",
 )
 
 

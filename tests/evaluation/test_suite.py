@@ -225,3 +225,18 @@ def test_a_dataset_argument_the_class_does_not_take_from_the_dataset_is_refused(
         SuiteError, match=r"suite.attacks.pgd3: background_class interpolate the dataset config"
     ):
         run.build(FACTS)
+
+
+def members(runs) -> dict[str, tuple]:
+    """Per member key and budget, what it runs: attack and arguments (its cache identity, but for the label)."""
+    return {(run.key, run.eps_text): (run.attack, run.arguments) for run in runs}
+
+
+def test_strongest_is_fulls_members_at_seas_budgets_and_holds_seas_ensemble(tmp_path):
+    strongest = expanded(tmp_path, "suite=strongest")
+    full = expanded(tmp_path, "suite=full", "eps=[4/255,8/255]")
+    assert members(strongest.runs) == members(run for run in full.runs if run.kind == "attack")
+    assert strongest.worst_case == full.worst_case
+    # At equal steps SEA's ensemble is a subset of strongest, so strongest's worst case is never above it.
+    sea = expanded(tmp_path, "suite=sea_ensemble", "suite.steps=100")
+    assert members(sea.runs).items() <= members(strongest.runs).items()

@@ -36,6 +36,8 @@ from tests.models.conftest import (
 STEPS_TO_FIT = 150
 # Eight 64x64 shapes validation images in one batch (the shapes dataset has NUM_CLASSES = 7 classes).
 SHAPES = ("dataset=shapes", "dataset.val_source.num_images=8", "dataset.val_batch_size=8")
+# These tests are about the sources; the gradient-masking checks have their own (tests/evaluation).
+NO_MASKING_CHECKS = "masking_checks.enabled=false"
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,9 @@ SOURCES = {
 def test_clean_miou_of_every_source_equals_an_independent_computation(source, shapes_data, request):
     saved = request.getfixturevalue(source)
     model, mean, std = SOURCES[source](saved)
-    report = evaluate_model(model.eval(), shapes_data, "quick", ["eps=[4/255]", "suite.iterations=null"])
+    report = evaluate_model(
+        model.eval(), shapes_data, "quick", ["eps=[4/255]", "suite.iterations=null", NO_MASKING_CHECKS]
+    )
     expected = independent_miou(saved.network.eval(), shapes_data, mean, std)
     assert report.row("clean").miou == pytest.approx(expected, abs=1e-6)
     assert report.source.kind == model.source_info.kind and report.sha256 == model.source_info.sha256
@@ -132,6 +136,7 @@ def test_evaluate_py_on_a_torchvision_file_records_source_digest_and_normalisati
             "eps=[8/255]",
             "suite.iterations=null",
             "example_images=2",
+            NO_MASKING_CHECKS,
         ],
         tmp_path,
     )
@@ -191,7 +196,13 @@ def test_eroseg_at_fine_tunes_a_users_model_and_its_checkpoint_evaluates_like_an
         # The pretrained file only initialised the weights: the checkpoint holds them, so it is not needed.
         weights.unlink()
     cfg = compose_evaluate_config(
-        [f"ckpt_path={result.last_checkpoint}", "suite=quick", "eps=[8/255]", "suite.iterations=null"],
+        [
+            f"ckpt_path={result.last_checkpoint}",
+            "suite=quick",
+            "eps=[8/255]",
+            "suite.iterations=null",
+            NO_MASKING_CHECKS,
+        ],
         tmp_path / "eval",
     )
     (report,) = evaluate(cfg).reports
