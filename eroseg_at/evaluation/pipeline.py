@@ -31,6 +31,7 @@ from eroseg_at.evaluation.passes import AttackPass, CleanPass, PassProducer, Pas
 from eroseg_at.evaluation.results import (
     AttackDescription,
     ModelReport,
+    PixelCounts,
     attack_row,
     clean_row,
     worst_case_rows,
@@ -182,6 +183,8 @@ def evaluate_plan(
         ignore_index=data.ignore_index,
         image_names=tuple(data.image_name(index) for index in range(clean.statistics.shape[0])),
         rows=tuple(rows),
+        suite=suite.name,
+        pixel_counts=PixelCounts.of(clean.statistics),
         training=entry.training,
         source=applied_source(network),
         example=example(runner, model, data, plan.runs, rows, runner.settings.example_images),
