@@ -1,4 +1,5 @@
-"""The files of an evaluation: ``results.json``, ``results.csv``, ``results.md`` and the figures, written alike by
+"""The files of an evaluation: ``results.json``, ``results.csv``, ``results.md``, the figures and ``report.html``
+(results.md with the figures embedded, :mod:`.html`), written alike by
 ``evaluate.py`` (:func:`eroseg_at.evaluation.runner.evaluate`) and by a report of the Python API
 (:meth:`eroseg_at.evaluation.api.RobustnessReport.save`)."""
 
@@ -8,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from eroseg_at.evaluation.html import write_html
 from eroseg_at.evaluation.plots import example_grid, miou_vs_eps, miou_vs_iterations
 from eroseg_at.evaluation.report import results_document, write_csv, write_json, write_markdown
 from eroseg_at.evaluation.results import ModelReport
@@ -44,5 +46,6 @@ def write_report(
     write_json(results_document(reports, dict(settings), processes, cache), files["results.json"])
     write_csv(reports, files["results.csv"])
     write_markdown(reports, files["results.md"], figures)
+    files["report.html"] = write_html(files["results.md"], output_dir / "report.html")
     files.update({figure.name: figure for figure in figures})
     return files

@@ -46,6 +46,7 @@ def test_report_files_exist_and_parse(quick_report):
         "results.json",
         "results.csv",
         "results.md",
+        "report.html",
         "miou_vs_eps.png",
         "miou_vs_iterations.png",
         "examples_0.png",
