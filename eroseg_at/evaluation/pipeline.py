@@ -254,6 +254,11 @@ def evaluate_models(
     processes = processes or start_processes(cfg)
     settings = EvaluationSettings.from_config(cfg)
     suite = Suite.from_config(cfg.suite, cfg.eps)
-    entries = models_to_evaluate(cfg)
-    datasets = [from_datamodule(build(entry.dataset)) for entry in entries]
+    entries, datasets = models_and_data(cfg)
     return evaluate_entries(entries, datasets, suite, settings, processes, cache)
+
+
+def models_and_data(cfg: DictConfig) -> tuple[list[ModelToEvaluate], list[EvaluationData]]:
+    """The models ``cfg`` names and each one's evaluation data."""
+    entries = models_to_evaluate(cfg)
+    return entries, [from_datamodule(build(entry.dataset)) for entry in entries]

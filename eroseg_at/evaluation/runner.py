@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eroseg_at.evaluation.cache import PassCache
 from eroseg_at.evaluation.distributed import start_processes
+from eroseg_at.evaluation.dry_run import dry_run
 from eroseg_at.evaluation.errors import EvaluationError
 from eroseg_at.evaluation.output import write_report
 from eroseg_at.evaluation.pipeline import evaluate_models
@@ -113,6 +114,11 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     # Each process composed its own config; rank 0's directory (and so its cache) is the one of all.
     output_dir = Path(processes.broadcast(str(cfg.output_dir)))
     cache = PassCache(output_dir / "cache") if cfg.cache else None
+    if cfg.dry_run:
+        plan = dry_run(cfg, processes, cache)
+        if processes.is_main:
+            print(plan)
+        return EvaluationResult(output_dir, [], {}, time.perf_counter() - started)
     reports = evaluate_models(cfg, processes, cache)
     if not processes.is_main:
         return EvaluationResult(output_dir, [], {}, time.perf_counter() - started)
