@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from eroseg_at.errors import ConfigError
 
 
 def find_conf_dir() -> Path:
@@ -28,6 +31,16 @@ def find_conf_dir() -> Path:
 CONF_DIR = find_conf_dir()
 
 
+def group_options(group: str) -> list[str]:
+    """The options of config group ``group`` (``suite``, ``hydra/launcher``): the YAML files of its folder."""
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+# For the --help templates (conf/evaluate.yaml): `${eroseg_options:suite}` lists a group's options, so the help
+# names the groups a program reads, each with its options as they are on disk.
+OmegaConf.register_new_resolver("eroseg_options", lambda group: ", ".join(group_options(group)), replace=True)
+
+
 def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """``conf/<name>.yaml`` with command-line style ``overrides``, as ``python <name>.py`` would see it.
 
@@ -35,6 +48,21 @@ def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides))
+
+
+def compose_option(group: str, option: str) -> DictConfig:
+    """The option ``option`` of config group ``group`` (``attack``, ``eroseg``) composed on its own, its defaults
+    merged; inside a running Hydra app (``evaluate.py``) with that app's search path, else with ``conf/``.
+
+    Raises:
+        ConfigError: Listing the group's options, for an option that is not one of them.
+    """
+    options = group_options(group)
+    if option not in options:
+        raise ConfigError(f"{option!r} is not an option of conf/{group}; options: {options}")
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=f"{group}/{option}")[group]
+    return compose_config(f"{group}/{option}")[group]
 
 
 def build(node: Any, **kwargs: Any) -> Any:

@@ -21,20 +21,17 @@ from tests.conftest import REPO_ROOT
 API_EXAMPLE = """
 import torch, torchvision
 from torch.utils.data import DataLoader, TensorDataset
+from eroseg_at import evaluate_model
 from eroseg_at.configs import CONF_DIR
-from eroseg_at.evaluation.data import EvaluationData
-from eroseg_at.evaluation.api import evaluate_model
-from eroseg_at.models import adapt_model
 
 network = torchvision.models.segmentation.lraspp_mobilenet_v3_large(
     weights=None, weights_backbone=None, num_classes=3
 )
 images, labels = torch.rand(4, 3, 32, 32), torch.randint(0, 3, (4, 32, 32))
 loader = DataLoader(TensorDataset(images, labels), batch_size=2)
-model = adapt_model(network, 3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-data = EvaluationData(name="random", loader=loader, num_classes=3, class_names=["a", "b", "c"])
-report = evaluate_model(model, data, suite="quick", overrides=["device=cpu", "eps=[8/255]", "suite.iterations=null"])
+report = evaluate_model(network, loader, suite="quick", overrides=["device=cpu", "suite.iterations=null"])
 print("conf:", CONF_DIR)
+print("summary:", report.summary())
 print("rows:", ", ".join(f"{row.key}={100 * row.miou:.1f}" for row in report.rows))
 """
 
@@ -102,3 +99,4 @@ def test_the_wheel_runs_the_programs_and_the_api_from_outside_the_checkout(tmp_p
     output = run(sys.executable, "-c", API_EXAMPLE, cwd=elsewhere, env=env)
     assert f"conf: {site / 'eroseg_at' / 'conf'}" in output, output
     assert "rows: clean=" in output and "worst" in output, output
+    assert "summary: module LRASPP (`LRASPP`): robust mIoU " in output and "% at 8/255" in output, output

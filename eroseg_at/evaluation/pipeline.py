@@ -32,6 +32,7 @@ from eroseg_at.evaluation.passes import AttackPass, CleanPass, PassProducer, Pas
 from eroseg_at.evaluation.results import (
     AttackDescription,
     ModelReport,
+    PixelCounts,
     attack_row,
     clean_row,
     worst_case_rows,
@@ -189,6 +190,8 @@ def evaluate_plan(
         ignore_index=data.ignore_index,
         image_names=tuple(data.image_name(index) for index in range(clean.statistics.shape[0])),
         rows=tuple(rows),
+        suite=suite.name,
+        pixel_counts=PixelCounts.of(clean.statistics),
         training=entry.training,
         source=applied_source(network),
         example=example(runner, model, data, plan.runs, rows, runner.settings.example_images),
@@ -259,6 +262,11 @@ def evaluate_models(
     processes = processes or start_processes(cfg)
     settings = EvaluationSettings.from_config(cfg)
     suite = Suite.from_config(cfg.suite, cfg.eps)
-    entries = models_to_evaluate(cfg)
-    datasets = [from_datamodule(build(entry.dataset)) for entry in entries]
+    entries, datasets = models_and_data(cfg)
     return evaluate_entries(entries, datasets, suite, settings, processes, cache)
+
+
+def models_and_data(cfg: DictConfig) -> tuple[list[ModelToEvaluate], list[EvaluationData]]:
+    """The models ``cfg`` names and each one's evaluation data."""
+    entries = models_to_evaluate(cfg)
+    return entries, [from_datamodule(build(entry.dataset)) for entry in entries]

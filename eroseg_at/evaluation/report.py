@@ -1,4 +1,9 @@
-"""The report files of an evaluation run: ``results.json``, ``results.csv`` and ``results.md``."""
+"""The report files of an evaluation run: ``results.json``, ``results.csv`` and ``results.md``.
+
+Scores are percentages in ``results.md`` and ``results.csv`` (columns ``*_percent``); ``results.json`` keeps the
+fractions in [0, 1] of :class:`~eroseg_at.evaluation.results.ResultRow`, as its ``units`` entry says, so that
+programs read the rows as they were computed.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +39,8 @@ CSV_FIELDS = (
     "eps_text",
     "steps",
     "iterations_run",
-    "miou",
-    "pixel_accuracy",
+    "miou_percent",
+    "pixel_accuracy_percent",
     "seconds",
     "images_per_second_per_iteration",
     "cached",
@@ -43,6 +48,14 @@ CSV_FIELDS = (
 # The EroSeg paper's own protocol: CW and PGD with 10 and 20 steps, step size 0.01 (None: any step count).
 PAPER_PROTOCOL = (("cw", None), ("pgd", 10), ("pgd", 20))
 PAPER_ALPHA = 0.01
+# A clean mIoU less than this far above the best constant prediction's (the most frequent class everywhere) is
+# at its level: a model that learned its classes clears it by far (the demo's 3-epoch model by tens of points).
+CONSTANT_MARGIN = 0.05
+JSON_UNITS = {
+    "miou, pixel_accuracy, iou_per_class, per_image_pixel_accuracy": "fraction in [0, 1]",
+    "eps": "l-inf budget in pixel units of [0, 1] images (eps_text as configured)",
+    "seconds": "wall-clock seconds",
+}
 
 
 def package_versions() -> dict[str, str]:
@@ -68,9 +81,10 @@ def table_columns(reports: list[ModelReport]) -> list[tuple[str, str, str]]:
             if row.kind != "iterations" and column not in columns:
                 columns.append(column)
     budgets = list(dict.fromkeys(budget for kind, _, budget in columns if kind != "clean"))
-    order = {"clean": 0, "attack": 1, "worst_case": 2}
-    # Stable sort: per budget, the suite's attacks in their order and then the worst case.
-    return sorted(columns, key=lambda c: (0 if c[0] == "clean" else 1 + budgets.index(c[2]), order[c[0]]))
+    order = {"clean": 0, "worst_case": 1, "attack": 2}
+    # Stable sort: the answer first (clean, then the worst case per budget), then per budget the suite's attacks
+    # in their order.
+    return sorted(columns, key=lambda c: (order[c[0]], 0 if c[0] == "clean" else budgets.index(c[2])))
 
 
 def column_title(reports: list[ModelReport], column: tuple[str, str, str], several_budgets: bool) -> str:
@@ -80,13 +94,21 @@ def column_title(reports: list[ModelReport], column: tuple[str, str, str], sever
 
 
 def markdown_table(reports: list[ModelReport]) -> str:
-    """mIoU (%) rows per checkpoint, columns as the EroSeg paper's table (clean, attacks, worst case)."""
+    """mIoU (%) rows per checkpoint: clean, the worst case per budget (bold), then every attack per budget."""
     columns = table_columns(reports)
     several = len({budget for kind, _, budget in columns if kind != "clean"}) > 1
     titles = [column_title(reports, column, several) for column in columns]
-    lines = ["| model / AT | checkpoint | " + " | ".join(titles) + " |", "|---|---|" + "---:|" * len(columns)]
+    lines = [
+        "| model / AT | checkpoint | " + " | ".join(f"{title} (%)" for title in titles) + " |",
+        "|---|---|" + "---:|" * len(columns),
+    ]
     for report in reports:
-        cells = [percent(row.miou) if (row := report.find(*column)) else "" for column in columns]
+        cells = [
+            ("**{}**" if row.kind == "worst_case" else "{}").format(percent(row.miou))
+            if (row := report.find(*column))
+            else ""
+            for column in columns
+        ]
         lines.append(
             f"| {report.method} | `{report.name}` ({report.sha256[:8]}) | " + " | ".join(cells) + " |"
         )
@@ -254,9 +276,77 @@ def masking_section(reports: list[ModelReport]) -> list[str]:
     ]
 
 
+def attack_iterations(report: ModelReport) -> int:
+    """Attack iterations per image the suite configured (gradient evaluations; Square's forward queries), every
+    member at every budget and every curve point together (early stop may have run fewer)."""
+    return sum(row.steps for row in report.rows if row.steps is not None)
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def headline(report: ModelReport) -> str:
+    """One line with the answer: the worst-case robust mIoU per budget, clean, and what it cost.
+
+    The gradient-masking verdict is quoted where the report carries one (``gradient_masking``).
+    """
+    clean = report.row("clean")
+    worst = report.rows_of("worst_case")
+    if worst:
+        members = len(worst[0].worst_case.members) - 1 if worst[0].worst_case else 0
+        answer = "robust mIoU " + ", ".join(f"{percent(row.miou)} % at {row.eps_text}" for row in worst)
+        answer += f" (worst case over {members} attacks)"
+    else:
+        answer = f"no worst case (suite {report.suite or '?'} has no attack members)"
+    seconds = sum(row.seconds for row in report.rows)
+    line = (
+        f"{report.method} (`{report.name}`): {answer}; clean {percent(clean.miou)} %; suite {report.suite or '?'}, "
+        f"{attack_iterations(report)} attack iterations per image, {report.num_images} images, "
+        f"{duration(seconds)}"
+    )
+    verdict = report.gradient_masking
+    if verdict is not None:
+        line += f"; gradient masking: {verdict.summary()}"
+    return line + "."
+
+
+def model_warnings(report: ModelReport) -> list[str]:
+    """Warnings that the model's scores mean little: it predicts one class, or its clean mIoU is at the level of
+    the best constant prediction (within :data:`CONSTANT_MARGIN`)."""
+    counts, clean = report.pixel_counts, report.row("clean")
+    if counts is None:
+        return []
+    where = f"{report.method} (`{report.name}`)"
+    predicted = counts.predicted_classes
+    if len(predicted) == 1:
+        name = report.class_names[predicted[0]]
+        return [
+            f"WARNING: {where} predicts one class ({name}) at every clean pixel: it has collapsed, and its "
+            "robust scores say nothing about robustness."
+        ]
+    constant = counts.constant_miou
+    if clean.miou < constant + CONSTANT_MARGIN:
+        return [
+            f"WARNING: {where} scores a clean mIoU of {percent(clean.miou)} %, at the level of a constant prediction "
+            f"(the most frequent class everywhere: {percent(constant)} %): it has barely learned its classes, and "
+            "its robust scores say little about robustness."
+        ]
+    return []
+
+
+def leading_lines(reports: list[ModelReport]) -> list[str]:
+    """The opening of results.md: one headline per model, then any warning on a model."""
+    lines = [f"- {headline(report)}" for report in reports]
+    warnings = [warning for report in reports for warning in model_warnings(report)]
+    return lines + (["", *(f"**{warning}**" for warning in warnings)] if warnings else [])
+
+
 def write_markdown(reports: list[ModelReport], path: Path, figures: list[Path]) -> None:
     parts = [
         "# Robustness report",
+        "",
+        *leading_lines(reports),
         "",
         f"mIoU (%) on the validation images of {', '.join(sorted({r.dataset for r in reports}))} "
         f"({', '.join(str(r.num_images) for r in reports)} images). Worst case: per image, the ensemble member "
@@ -306,7 +396,9 @@ def write_csv(reports: list[ModelReport], path: Path) -> None:
                         "model": report.name,
                         "sha256": report.sha256,
                         "method": report.method,
-                        **{key: getattr(row, key) for key in CSV_FIELDS[3:]},
+                        **{key: getattr(row, key) for key in CSV_FIELDS[3:] if not key.endswith("_percent")},
+                        "miou_percent": 100 * row.miou,
+                        "pixel_accuracy_percent": 100 * row.pixel_accuracy,
                     }
                 )
 
@@ -320,6 +412,7 @@ def results_document(
     continued from an interrupted run's batches.
     """
     return {
+        "units": JSON_UNITS,
         "settings": settings,
         "command": sys.argv,
         "versions": package_versions(),

@@ -7,6 +7,7 @@ Rows and reports travel from the pass runner to the report files, the plots, the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,14 @@ from eroseg_at.evaluation.cache import PassResult
 from eroseg_at.evaluation.keys import json_value
 from eroseg_at.evaluation.masking import MaskingVerdict
 from eroseg_at.evaluation.suite import AttackRun
-from eroseg_at.evaluation.worst_case import pixel_accuracy, scores_from_statistics, select, worst_case
+from eroseg_at.evaluation.worst_case import (
+    LABEL_COUNT,
+    PREDICTION_COUNT,
+    pixel_accuracy,
+    scores_from_statistics,
+    select,
+    worst_case,
+)
 from eroseg_at.models.adapter import SourceInfo
 
 # clean: no attack; attack: a suite attack at a budget (a worst-case member); iterations: a point of the
@@ -283,6 +291,39 @@ def worst_case_rows(
 
 
 @dataclass(frozen=True)
+class PixelCounts:
+    """The valid pixels of the clean pass per class, summed over the images: labelled, and predicted by the model.
+
+    The facts behind the report's warnings on a model that has collapsed or learned nothing.
+    """
+
+    labelled: tuple[int, ...]
+    predicted: tuple[int, ...]
+
+    @classmethod
+    def of(cls, statistics: torch.Tensor) -> PixelCounts:
+        """The counts of the clean pass's per-image statistics ``[N, 3, C]``."""
+        summed = statistics.sum(0)
+        return cls(tuple(summed[LABEL_COUNT].tolist()), tuple(summed[PREDICTION_COUNT].tolist()))
+
+    @property
+    def predicted_classes(self) -> tuple[int, ...]:
+        """The classes the model predicts at one valid pixel or more."""
+        return tuple(index for index, count in enumerate(self.predicted) if count > 0)
+
+    @property
+    def constant_miou(self) -> float:
+        """The mIoU of the best constant prediction: the most frequent labelled class at every valid pixel.
+
+        Predicting class k everywhere scores IoU ``L_k / ΣL`` on k and 0 on every other labelled class; classes
+        neither labelled nor predicted do not count, as in every score here. So the best constant prediction
+        scores ``max_k L_k / ΣL`` over the number of labelled classes (NaN without a labelled pixel).
+        """
+        present = [count for count in self.labelled if count > 0]
+        return max(present) / sum(present) / len(present) if present else math.nan
+
+
+@dataclass(frozen=True)
 class Example:
     """The first images of a model's evaluation set under its most damaging attack, for the example grid.
 
@@ -313,6 +354,8 @@ class ModelReport:
         ignore_index: The dataset's ignore label.
         image_names: The evaluated images in the order of every per-image list.
         rows: The results, clean first.
+        suite: The name of the suite that made the rows (``paper``).
+        pixel_counts: The labelled and predicted pixels per class of the clean pass.
         training: The training run's config, where the model comes from a training checkpoint.
         source: How the model was built and adapted (source kind, file, digest, adapter, normalisation applied).
         example: The example grid's images, or None.
@@ -330,6 +373,8 @@ class ModelReport:
     ignore_index: int
     image_names: tuple[str, ...]
     rows: tuple[ResultRow, ...]
+    suite: str = ""
+    pixel_counts: PixelCounts | None = None
     training: Mapping[str, Any] | None = None
     source: SourceInfo | None = None
     example: Example | None = None
@@ -374,6 +419,8 @@ class ModelReport:
             "dataset": self.dataset,
             "class_names": list(self.class_names),
             "num_images": self.num_images,
+            "suite": self.suite,
+            "pixel_counts": None if self.pixel_counts is None else asdict(self.pixel_counts),
             "images": list(self.image_names),
             "source": None if self.source is None else asdict(self.source),
             "training_config": self.training,

@@ -19,16 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from eroseg_at.evaluation.cache import PassCache
 from eroseg_at.evaluation.distributed import start_processes
+from eroseg_at.evaluation.dry_run import dry_run
 from eroseg_at.evaluation.errors import EvaluationError
+from eroseg_at.evaluation.output import write_report
 from eroseg_at.evaluation.pipeline import evaluate_models
-from eroseg_at.evaluation.plots import example_grid, miou_vs_eps, miou_vs_iterations
-from eroseg_at.evaluation.report import (
-    markdown_table,
-    results_document,
-    write_csv,
-    write_json,
-    write_markdown,
-)
+from eroseg_at.evaluation.report import leading_lines, markdown_table
 from eroseg_at.evaluation.results import ModelReport
 from eroseg_at.evaluation.suite import DATASET_REFERENCE
 
@@ -66,15 +61,6 @@ def settings_record(cfg: DictConfig) -> dict[str, Any]:
         key: value if key == "dataset" else keep_dataset_references(value) for key, value in raw.items()
     }
     return OmegaConf.to_container(OmegaConf.create(escaped), resolve=True)
-
-
-def write_figures(reports: list[ModelReport], output_dir: Path) -> list[Path]:
-    figures = [
-        miou_vs_eps(reports, output_dir / "miou_vs_eps.png"),
-        miou_vs_iterations(reports, output_dir / "miou_vs_iterations.png"),
-        *(example_grid(report, output_dir / f"examples_{index}.png") for index, report in enumerate(reports)),
-    ]
-    return [figure for figure in figures if figure is not None]
 
 
 def log_to_wandb(cfg: DictConfig, reports: list[ModelReport], csv_path: Path, figures: list[Path]) -> None:
@@ -128,21 +114,24 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     # Each process composed its own config; rank 0's directory (and so its cache) is the one of all.
     output_dir = Path(processes.broadcast(str(cfg.output_dir)))
     cache = PassCache(output_dir / "cache") if cfg.cache else None
+    if cfg.dry_run:
+        plan = dry_run(cfg, processes, cache)
+        if processes.is_main:
+            print(plan)
+        return EvaluationResult(output_dir, [], {}, time.perf_counter() - started)
     reports = evaluate_models(cfg, processes, cache)
     if not processes.is_main:
         return EvaluationResult(output_dir, [], {}, time.perf_counter() - started)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    files = {name: output_dir / name for name in ("results.json", "results.csv", "results.md")}
-    figures = write_figures(reports, output_dir)
-    settings = settings_record(cfg)
-    write_json(
-        results_document(reports, settings, processes.world_size, None if cache is None else cache.directory),
-        files["results.json"],
+    files = write_report(
+        reports,
+        output_dir,
+        settings_record(cfg),
+        processes.world_size,
+        None if cache is None else cache.directory,
     )
-    write_csv(reports, files["results.csv"])
-    write_markdown(reports, files["results.md"], figures)
-    files.update({figure.name: figure for figure in figures})
+    figures = [path for name, path in files.items() if path.suffix == ".png"]
     log_to_wandb(cfg, reports, files["results.csv"], figures)
     print(markdown_table(reports))
+    print("\n".join(leading_lines(reports)))
     print(f"report: {files['results.md']}")
     return EvaluationResult(output_dir, reports, files, time.perf_counter() - started)

@@ -34,7 +34,8 @@ from omegaconf.errors import OmegaConfBaseException
 from eroseg_at.attacks.arguments import parse_number
 from eroseg_at.attacks.base import Attack, DatasetFacts
 from eroseg_at.attacks.registry import ATTACKS, available_attacks
-from eroseg_at.configs import CONF_DIR
+from eroseg_at.configs import CONF_DIR, compose_option
+from eroseg_at.errors import ConfigError
 from eroseg_at.evaluation.errors import EvaluationError
 
 # Keys of a member that describe the member, not the attack.
@@ -199,7 +200,7 @@ class Suite:
             SuiteError: Naming the member or key, for a member that is not an attack preset, sets its own eps,
                 seed or (curve members) steps, lacks steps, or for an empty or malformed budget list.
         """
-        attacks = suite.get("attacks") or {}
+        attacks = suite.get("attacks") or single_member(suite)
         members = {}
         for key in attacks:
             where = f"suite.attacks.{key}"
@@ -255,6 +256,21 @@ class Suite:
             tuple(runs),
             worst_case_members(suite.get("worst_case"), list(members)),
         )
+
+
+def single_member(suite: DictConfig) -> dict[str, DictConfig]:
+    """The one member of ``suite=single``: the attack preset ``suite.attack`` at ``suite.steps``, with
+    ``suite.arguments`` on top, keyed and labelled by the preset's name; none for a suite without ``attack``."""
+    name = suite.get("attack")
+    if not name:
+        return {}
+    try:
+        preset = compose_option("attack", str(name))
+    except ConfigError as error:
+        raise SuiteError(f"suite.attack={name}: {error}") from None
+    OmegaConf.set_struct(preset, False)
+    member = OmegaConf.merge(preset, {"label": str(name), "steps": suite.steps}, suite.get("arguments") or {})
+    return {str(name): member}
 
 
 def worst_case_members(members: Any, keys: Sequence[str]) -> tuple[str, ...]:

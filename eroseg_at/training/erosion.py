@@ -187,8 +187,12 @@ class ErosionRecorder(Callback):
         if loggers:
             import wandb
 
+            captions = panel_captions(record)
             panels = {
-                key: [wandb.Image(picture) for picture in pictures]
+                key: [
+                    wandb.Image(picture, caption=caption)
+                    for picture, caption in zip(pictures, captions[key], strict=True)
+                ]
                 for key, pictures in panels_of(record).items()
             }
             for logger in loggers:
@@ -258,6 +262,26 @@ def panels_of(record: ErosionRecord) -> dict[str, list[np.ndarray]]:
                 )
             )
     return panels
+
+
+def panel_captions(record: ErosionRecord) -> dict[str, list[str]]:
+    """The label of each W&B picture of :func:`panels_of`: which image and epoch, and what each row and column is
+    (a mosaic has no room for text)."""
+    taus = ", ".join(f"{tau:.3f}" for tau in record.taus)
+    captions: dict[str, list[str]] = {"train/erosion_multi_step": []}
+    for index in record.indices:
+        where = f"training image {index}, after epoch {record.epoch + 1}"
+        captions["train/erosion_multi_step"].append(
+            f"{where}. Top row, iterations t = 0..{len(record.taus) - 1} left to right: the sensitive set S_t "
+            f"(red) over the dimmed image, thresholds tau_t = {taus}. Bottom row: |delta_t - delta_0| / eps after "
+            "steps 1.. (black: unchanged, white: eps)."
+        )
+        if record.stored is not None:
+            captions.setdefault("train/erosion_accumulated", []).append(
+                f"{where}. Top: the set the next visit attacks (red); bottom: the stored perturbation |delta| / eps "
+                "(white: eps)."
+            )
+    return captions
 
 
 def erosion_figure(

@@ -49,6 +49,7 @@ def test_report_files_exist_and_parse(quick_report):
         "results.json",
         "results.csv",
         "results.md",
+        "report.html",
         "miou_vs_eps.png",
         "miou_vs_iterations.png",
         "examples_0.png",
@@ -69,11 +70,25 @@ def test_report_files_exist_and_parse(quick_report):
     with files["results.csv"].open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(checkpoint["results"])
+    # Percent in the csv, fractions in the json, each labelled.
+    assert [float(row["miou_percent"]) for row in rows] == pytest.approx(
+        [100 * row["miou"] for row in checkpoint["results"]]
+    )
+    assert document["units"]["miou, pixel_accuracy, iou_per_class, per_image_pixel_accuracy"].startswith(
+        "fraction"
+    )
     table = files["results.md"].read_text()
     assert "| standard |" in table and "worst case @8/255" in table and "## Appendix" in table
     verdict = checkpoint["gradient_masking"]
     assert isinstance(verdict["suspected"], bool) and len(verdict["checks"]) == 5
     assert "## Gradient-masking checks" in table and verdict["summary"] in table
+    # The report opens with its answer: 3 attacks x 3 steps x 2 budgets and the curve's 1 + 2 steps.
+    opening = table.splitlines()[2]
+    assert (
+        opening.startswith("- standard (`last.ckpt`): robust mIoU ")
+        and "% at 8/255 (worst case over 3" in opening
+    )
+    assert "clean " in opening and "suite quick, 21 attack iterations per image, 4 images, " in opening
 
 
 def test_robust_scores_do_not_exceed_clean_and_worst_case_bounds_every_attack(quick_report):

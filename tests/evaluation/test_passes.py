@@ -255,6 +255,8 @@ def test_the_python_api_takes_a_plain_loader_of_unknown_batches():
     images = torch.rand(5, 3, 8, 8)
     loader = [(part, torch.randint(0, 2, (part.shape[0], 8, 8))) for part in images.split(2)]
     data = EvaluationData(name="toy", loader=loader, num_classes=2, class_names=("a", "b"))
-    report = evaluate_model(PixelClassifier(), data, "quick", [*ONE_STEP_PGD[1:], "device=cpu"])
+    report = evaluate_model(
+        PixelClassifier(), data, suite="quick", overrides=[*ONE_STEP_PGD[1:], "device=cpu"]
+    )
     assert report.num_images == 5 and report.row("attack", "pgd3").iterations_run == 1
     assert report.source.kind == "module" and report.method == "PixelClassifier"

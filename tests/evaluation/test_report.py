@@ -3,8 +3,29 @@ passes that came from the cache (hand-built rows, no evaluation)."""
 
 from __future__ import annotations
 
-from eroseg_at.evaluation.report import cache_lines, members_table, protocol_gap_lines
-from eroseg_at.evaluation.results import AttackDescription, ModelReport, ResultRow, Stage
+import csv
+from dataclasses import replace
+
+import pytest
+
+from eroseg_at.evaluation.report import (
+    cache_lines,
+    headline,
+    leading_lines,
+    markdown_table,
+    members_table,
+    model_warnings,
+    protocol_gap_lines,
+    write_csv,
+)
+from eroseg_at.evaluation.results import (
+    AttackDescription,
+    ModelReport,
+    PixelCounts,
+    ResultRow,
+    Stage,
+    WorstCaseChoice,
+)
 
 
 def described(attack, steps, alpha=None, stages=None, early_stop=False) -> AttackDescription:
@@ -114,3 +135,68 @@ def test_the_passes_table_gives_steps_protocol_and_origin():
         "- `last.ckpt`: from the cache (finished by an earlier run): PGD10 @8/255.",
         "- `last.ckpt`: resumed from an interrupted run's batches: SEA-mCE @8/255 (8 images).",
     ]
+
+
+def with_pixels(model: ModelReport, labelled, predicted, clean: float) -> ModelReport:
+    rows = (replace(model.rows[0], miou=clean), *model.rows[1:])
+    names = tuple(f"class {index}" for index in range(len(labelled)))
+    return replace(model, rows=rows, class_names=names, pixel_counts=PixelCounts(labelled, predicted))
+
+
+def worst(miou, eps_text="8/255", members=("clean", "cw", "pgd10", "pgd20")) -> ResultRow:
+    choice = WorstCaseChoice(members, 1, ("cw",), ("cw",))
+    return row("worst_case", "worst_case", "worst case", miou, eps_text=eps_text, worst_case=choice)
+
+
+def test_the_best_constant_prediction_scores_the_top_class_share_over_the_labelled_classes():
+    # Class 3 is neither labelled nor predicted: it does not count, as in every score.
+    assert PixelCounts((60, 30, 10, 0), (100, 0, 0, 0)).constant_miou == pytest.approx(0.6 / 3)
+    assert PixelCounts((60, 30, 10, 0), (50, 0, 50, 0)).predicted_classes == (0, 2)
+
+
+def test_the_headline_gives_the_worst_case_per_budget_the_suite_and_the_cost():
+    model = replace(
+        report(*PAPER, worst(0.3012, "4/255"), worst(0.2512)), suite="paper", image_names=("a", "b")
+    )
+    assert headline(model) == (
+        "EroSeg3-AT (`last.ckpt`): robust mIoU 30.12 % at 4/255, 25.12 % at 8/255 (worst case over 3 attacks); "
+        "clean 80.00 %; suite paper, 40 attack iterations per image, 2 images, 0 s."
+    )
+
+
+class Verdict:
+    def summary(self) -> str:
+        return "no sign of masking (3 checks passed)"
+
+
+def test_the_headline_quotes_a_gradient_masking_verdict_where_the_report_has_one():
+    model = report(*PAPER, worst(0.25))
+    object.__setattr__(model, "gradient_masking", Verdict())
+    assert headline(model).endswith("; gradient masking: no sign of masking (3 checks passed).")
+
+
+def test_a_collapsed_model_and_one_at_the_level_of_a_constant_prediction_are_warned_about():
+    model = report(*PAPER, worst(0.1))
+    (collapsed,) = model_warnings(with_pixels(model, (60, 30, 10), (100, 0, 0), clean=0.2))
+    assert "predicts one class (class 0) at every clean pixel" in collapsed
+    # The best constant prediction scores 20 %: 22 % clean is at its level, 30 % is not.
+    (constant,) = model_warnings(with_pixels(model, (60, 30, 10), (80, 20, 0), clean=0.22))
+    assert (
+        "clean mIoU of 22.00 %, at the level of a constant prediction" in constant and "20.00 %" in constant
+    )
+    assert model_warnings(with_pixels(model, (60, 30, 10), (80, 20, 0), clean=0.30)) == []
+    assert leading_lines([with_pixels(model, (60, 30, 10), (100, 0, 0), clean=0.2)])[-1].startswith(
+        "**WARNING"
+    )
+
+
+def test_the_table_puts_clean_and_the_worst_cases_first_in_percent(tmp_path):
+    # Budgets in the order the rows first name them, as the suite's eps list runs them.
+    model = report(worst(0.3012, "4/255"), *PAPER, worst(0.2512))
+    header, _, line = markdown_table([model]).splitlines()
+    assert header.split(" | ")[2:5] == ["clean (%)", "worst case @4/255 (%)", "worst case @8/255 (%)"]
+    assert line.split(" | ")[2:5] == ["80.00", "**30.12**", "**25.12**"]
+    write_csv([model], tmp_path / "results.csv")
+    with (tmp_path / "results.csv").open() as handle:
+        first = next(csv.DictReader(handle))
+    assert float(first["miou_percent"]) == pytest.approx(80.0) and "miou" not in first

@@ -97,7 +97,7 @@ def test_clean_miou_of_every_source_equals_an_independent_computation(source, sh
     saved = request.getfixturevalue(source)
     model, mean, std = SOURCES[source](saved)
     report = evaluate_model(
-        model.eval(), shapes_data, "quick", ["eps=[4/255]", "suite.iterations=null", NO_MASKING_CHECKS]
+        model.eval(), shapes_data, suite="quick", overrides=["eps=[4/255]", "suite.iterations=null", NO_MASKING_CHECKS]
     )
     expected = independent_miou(saved.network.eval(), shapes_data, mean, std)
     assert report.row("clean").miou == pytest.approx(expected, abs=1e-6)
@@ -228,7 +228,9 @@ def test_every_attack_lowers_the_miou_of_every_source_once_it_has_learned_someth
         optimizer.zero_grad()
         F.cross_entropy(model(images), labels, ignore_index=255).backward()
         optimizer.step()
-    clean = evaluate_model(model, shapes_data, "quick", ["eps=[8/255]", "suite.iterations=null"]).row("clean")
+    clean = evaluate_model(model, shapes_data, suite="quick", overrides=["suite.iterations=null"]).row(
+        "clean"
+    )
     # More than predicting background everywhere: the foreground classes are found at all.
     assert max(clean.iou_per_class[1:]) > 0.3, clean.iou_per_class
     facts = shapes_data.facts()
