@@ -97,7 +97,10 @@ def test_clean_miou_of_every_source_equals_an_independent_computation(source, sh
     saved = request.getfixturevalue(source)
     model, mean, std = SOURCES[source](saved)
     report = evaluate_model(
-        model.eval(), shapes_data, suite="quick", overrides=["eps=[4/255]", "suite.iterations=null", NO_MASKING_CHECKS]
+        model.eval(),
+        shapes_data,
+        suite="quick",
+        overrides=["eps=[4/255]", "suite.iterations=null", NO_MASKING_CHECKS],
     )
     expected = independent_miou(saved.network.eval(), shapes_data, mean, std)
     assert report.row("clean").miou == pytest.approx(expected, abs=1e-6)
