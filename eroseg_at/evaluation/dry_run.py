@@ -8,6 +8,7 @@ starting the loader (what every pass pays once). No pass runs.
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -25,6 +26,9 @@ from eroseg_at.evaluation.pipeline import models_and_data, plan_model
 from eroseg_at.evaluation.report import duration
 from eroseg_at.evaluation.settings import EvaluationSettings
 from eroseg_at.evaluation.suite import Suite
+
+# Timed iterations after the warm-up; the estimate takes their median.
+TIMED_ITERATIONS = 5
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class CostEstimate:
         model: The model's name; ``dataset`` its data's.
         passes: Every pass of the plan, clean first.
         seconds_per_image_iteration: One forward and backward pass per image, timed on the first batch after a
-            warm-up.
+            warm-up (the median of :data:`TIMED_ITERATIONS`).
         timed_images: The first batch's images.
         seconds_per_pass: What every pass pays once, whatever its iterations: starting the loader and reading the
             first batch, as timed.
@@ -73,15 +77,17 @@ class CostEstimate:
 def timed_iteration(
     model: GradientCounter, data: EvaluationData, runner: PassRunner
 ) -> tuple[float, int, float]:
-    """Seconds per image of one input-gradient evaluation on the first batch (the second of two timed calls, so
-    that one-off costs such as allocation and compilation stay out), the batch's image count, and the seconds
+    """Seconds per image of one input-gradient evaluation on the first batch (the median of
+    :data:`TIMED_ITERATIONS` calls after a warm-up), the batch's image count, and the seconds
     that starting the loader and reading that batch took (every pass pays them)."""
     started = time.perf_counter()
     _, (images, labels) = next(data.batches([0]))
     reading = time.perf_counter() - started
     images, labels = images.to(runner.device), labels.to(runner.device)
-    seconds = 0.0
-    for _ in range(2):
+    times = []
+    # The first call pays one-off costs (allocation, compilation); the median of the next ones is robust to the
+    # load spikes of a shared machine.
+    for _ in range(1 + TIMED_ITERATIONS):
         started = time.perf_counter()
         inputs = images.clone().requires_grad_(True)
         with runner.autocast():
@@ -90,8 +96,8 @@ def timed_iteration(
         torch.autograd.grad(loss, inputs)
         if runner.device.type == "cuda":
             torch.cuda.synchronize(runner.device)
-        seconds = time.perf_counter() - started
-    return seconds / images.shape[0], images.shape[0], reading
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:]) / images.shape[0], images.shape[0], reading
 
 
 def estimate_costs(
