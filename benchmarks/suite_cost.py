@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--suites", nargs="+", default=["quick", "paper", "strength", "sea", "full"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--estimates-only", action="store_true", help="print the dry runs' estimates alone")
     args = parser.parse_args()
     print(
         f"checkpoint {args.checkpoint}, {args.images} images per suite, device {args.device}, "
@@ -59,6 +60,9 @@ def main() -> None:
             with redirect_stdout(StringIO()) as plan:
                 evaluate(compose_config("evaluate", [*overrides, "dry_run=true"]))
             estimate = next(line for line in plan.getvalue().splitlines() if line.startswith("  estimate: "))
+            if args.estimates_only:
+                print(f"| {suite} | {estimate.removeprefix('  estimate: ')} | {load:.1f} |", flush=True)
+                continue
             started = time.perf_counter()
             with redirect_stdout(StringIO()):
                 result = evaluate(compose_config("evaluate", overrides))

@@ -2,12 +2,13 @@
 
 Every model's plan is made as the evaluation makes it (so whatever cannot run is refused the same way), the passes
 the cache already holds finished are left out, and one attack iteration (a forward and a backward pass of the
-model with respect to the input, what every gradient attack pays per step) is timed on the first batch. No pass
-runs.
+model with respect to the input, what every gradient attack pays per step) is timed on the first batch, as is
+starting the loader (what every pass pays once). No pass runs.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -25,6 +26,9 @@ from eroseg_at.evaluation.pipeline import models_and_data, plan_model
 from eroseg_at.evaluation.report import duration
 from eroseg_at.evaluation.settings import EvaluationSettings
 from eroseg_at.evaluation.suite import Suite
+
+# Timed iterations after the warm-up; the estimate takes their median.
+TIMED_ITERATIONS = 5
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,10 @@ class CostEstimate:
         model: The model's name; ``dataset`` its data's.
         passes: Every pass of the plan, clean first.
         seconds_per_image_iteration: One forward and backward pass per image, timed on the first batch after a
-            warm-up.
+            warm-up (the median of :data:`TIMED_ITERATIONS`).
         timed_images: The first batch's images.
+        seconds_per_pass: What every pass pays once, whatever its iterations: starting the loader and reading the
+            first batch, as timed.
     """
 
     model: str
@@ -56,6 +62,7 @@ class CostEstimate:
     passes: tuple[PlannedPassCost, ...]
     seconds_per_image_iteration: float
     timed_images: int
+    seconds_per_pass: float = 0.0
 
     @property
     def seconds(self) -> float | None:
@@ -64,16 +71,23 @@ class CostEstimate:
         if any(cost.images is None for cost in left):
             return None
         evaluations = sum(cost.evaluations_per_image * cost.images for cost in left)
-        return evaluations * self.seconds_per_image_iteration
+        return evaluations * self.seconds_per_image_iteration + len(left) * self.seconds_per_pass
 
 
-def timed_iteration(model: GradientCounter, data: EvaluationData, runner: PassRunner) -> tuple[float, int]:
-    """Seconds per image of one input-gradient evaluation on the first batch (the second of two timed calls, so
-    that one-off costs such as allocation and compilation stay out), and the batch's image count."""
+def timed_iteration(
+    model: GradientCounter, data: EvaluationData, runner: PassRunner
+) -> tuple[float, int, float]:
+    """Seconds per image of one input-gradient evaluation on the first batch (the median of
+    :data:`TIMED_ITERATIONS` calls after a warm-up), the batch's image count, and the seconds
+    that starting the loader and reading that batch took (every pass pays them)."""
+    started = time.perf_counter()
     _, (images, labels) = next(data.batches([0]))
+    reading = time.perf_counter() - started
     images, labels = images.to(runner.device), labels.to(runner.device)
-    seconds = 0.0
-    for _ in range(2):
+    times = []
+    # The first call pays one-off costs (allocation, compilation); the median of the next ones is robust to the
+    # load spikes of a shared machine.
+    for _ in range(1 + TIMED_ITERATIONS):
         started = time.perf_counter()
         inputs = images.clone().requires_grad_(True)
         with runner.autocast():
@@ -82,8 +96,8 @@ def timed_iteration(model: GradientCounter, data: EvaluationData, runner: PassRu
         torch.autograd.grad(loss, inputs)
         if runner.device.type == "cuda":
             torch.cuda.synchronize(runner.device)
-        seconds = time.perf_counter() - started
-    return seconds / images.shape[0], images.shape[0]
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:]) / images.shape[0], images.shape[0], reading
 
 
 def estimate_costs(
@@ -110,8 +124,8 @@ def estimate_costs(
             for planned in plan.passes
         )
         model = runner.prepare(entry.model_for(data))
-        seconds, images = timed_iteration(model, data, runner)
-        estimates.append(CostEstimate(entry.name, data.name, passes, seconds, images))
+        seconds, images, reading = timed_iteration(model, data, runner)
+        estimates.append(CostEstimate(entry.name, data.name, passes, seconds, images, reading))
     if problems:
         raise PlanError(
             "the evaluation cannot run as planned:\n" + "\n".join(f"- {problem}" for problem in problems)
@@ -137,7 +151,7 @@ def plan_text(estimates: list[CostEstimate], suite: Suite) -> str:
         lines.append(
             f"  {evaluations} model evaluations per image (attack iterations and predictions); one iteration "
             f"{1000 * estimate.seconds_per_image_iteration:.1f} ms per image (timed on a batch of "
-            f"{estimate.timed_images})"
+            f"{estimate.timed_images}); {estimate.seconds_per_pass:.1f} s per pass to start the loader"
         )
         seconds = estimate.seconds
         if seconds is None:
@@ -147,9 +161,10 @@ def plan_text(estimates: list[CostEstimate], suite: Suite) -> str:
             lines.append(f"  estimate: {duration(seconds)}")
     lines += [
         "",
-        f"estimate in all: {duration(total)} in one process. Forward-only evaluations (predictions, Square's "
-        "queries) cost less than the timed iteration and early stop may end attacks sooner, so it is an upper "
-        "estimate; attacks whose step costs more than one gradient (RP-PGD's features) run longer.",
+        f"estimate in all: {duration(total)} in one process, rough: forward-only evaluations (predictions, "
+        "Square's queries) cost less than the timed iteration and early stop may end attacks sooner, while each "
+        "attack step's own work (projection, loss bookkeeping, RP-PGD's features) costs more; docs/EVALUATION.md "
+        "compares estimates with measured times.",
     ]
     return "\n".join(lines)
 

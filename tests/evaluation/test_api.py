@@ -164,3 +164,21 @@ def test_the_example_of_models_md_runs(tmp_path, monkeypatch):
     assert [row.eps_text for row in report.rows_of("worst_case")] == ["4/255", "8/255"]
     assert report.class_names == ("sky", "road", "car")
     assert (tmp_path / "robustness_report" / "results.md").read_text().startswith("# Robustness report")
+
+
+class Collapsed(nn.Module):
+    """Predicts class 0 everywhere, whatever the image (a model that collapsed in training)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([5.0, 0.0, 0.0]).view(1, 3, 1, 1))
+
+    def forward(self, images):
+        return self.bias + 0 * images[:, :1]
+
+
+def test_the_summary_warns_of_a_model_that_predicts_one_class():
+    report = evaluate_model(Collapsed(), loader(), suite="quick", overrides=CHEAP)
+    headline, warning = report.summary().splitlines()
+    assert report.pixel_counts.predicted_classes == (0,)
+    assert warning.startswith("WARNING: module Collapsed (`Collapsed`) predicts one class (class 0) at every")

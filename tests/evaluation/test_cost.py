@@ -45,7 +45,8 @@ def test_a_dry_run_prints_the_plan_and_an_estimate_and_attacks_nothing(tmp_path,
     assert any(line.split() == ["clean", "1", "4"] for line in lines), printed
     # One PGD step and the final prediction, on each of the 4 images.
     assert any(line.split() == ["PGD3", "@8/255", "2", "4"] for line in lines), printed
-    assert "3 model evaluations per image" in printed and "timed on a batch of 2" in printed
+    assert "3 model evaluations per image" in printed and "timed on a batch of 2); " in printed
+    assert " s per pass to start the loader" in printed
     assert "  estimate: " in printed and not (tmp_path / "out" / "results.md").exists()
 
 
@@ -55,8 +56,10 @@ def test_the_estimate_counts_every_evaluation_of_every_pass_the_cache_does_not_h
         PlannedPassCost("PGD10 @8/255", 11, 10, cached=False),
         PlannedPassCost("PGD20 @8/255", 21, 10, cached=True),
     )
-    estimate = CostEstimate("m", "d", passes, seconds_per_image_iteration=0.5, timed_images=2)
-    assert estimate.seconds == pytest.approx((1 + 11) * 10 * 0.5)
+    estimate = CostEstimate(
+        "m", "d", passes, seconds_per_image_iteration=0.5, timed_images=2, seconds_per_pass=3
+    )
+    assert estimate.seconds == pytest.approx((1 + 11) * 10 * 0.5 + 2 * 3)
     unknown = CostEstimate("m", "d", (PlannedPassCost("clean", 1, None, cached=False),), 0.5, 2)
     assert unknown.seconds is None
 
