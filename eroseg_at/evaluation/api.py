@@ -222,8 +222,27 @@ def evaluation_data(
     if problems:
         raise EvaluationError(f"data {name}, first batch: " + "; ".join(problems))
     return EvaluationData(
-        name=name, loader=loader, num_classes=num_classes, class_names=names, ignore_index=ignore_index
+        name=name,
+        loader=loader,
+        num_classes=num_classes,
+        class_names=names,
+        ignore_index=ignore_index,
+        batch_sizes=loader_batch_sizes(loader),
     )
+
+
+def loader_batch_sizes(loader: DataLoader) -> list[int] | None:
+    """The images of each batch where the loader fixes them before it runs: a batch size over a sampler of known
+    length (shuffled or not, the sizes are the same). The masking checks' subset, the ETA and the sharding over
+    processes need them; None for a batch sampler of the user's own or an iterable dataset."""
+    if loader.batch_size is None:
+        return None
+    try:
+        images = len(loader.sampler)
+    except TypeError:
+        return None
+    full, rest = divmod(images, loader.batch_size)
+    return [loader.batch_size] * full + ([rest] if rest and not loader.drop_last else [])
 
 
 def evaluate_model(

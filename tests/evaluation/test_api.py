@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from eroseg_at import evaluate_model
-from eroseg_at.evaluation.api import budget_text
+from eroseg_at.evaluation.api import budget_text, loader_batch_sizes
 from eroseg_at.evaluation.errors import EvaluationError
 from eroseg_at.models import adapt_model
 from tests.conftest import REPO_ROOT
@@ -73,6 +73,21 @@ def test_a_raw_network_and_a_plain_loader_give_a_report_that_summarises_and_save
     files = report.save(tmp_path / "saved")
     assert {"results.json", "results.csv", "results.md"} <= set(files)
     assert summary.splitlines()[0] in files["results.md"].read_text()
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        return iter(Pairs(3))
+
+
+def test_the_batch_sizes_of_a_plain_loader_are_known_where_the_loader_fixes_them():
+    # The masking checks' subset, the ETA and sharding need them; the last batch of a sized loader is short.
+    pairs = Pairs(7)
+    assert loader_batch_sizes(DataLoader(pairs, batch_size=3)) == [3, 3, 1]
+    assert loader_batch_sizes(DataLoader(pairs, batch_size=3, shuffle=True)) == [3, 3, 1]
+    assert loader_batch_sizes(DataLoader(pairs, batch_size=3, drop_last=True)) == [3, 3]
+    assert loader_batch_sizes(DataLoader(pairs, batch_sampler=[[0, 1], [2]])) is None
+    assert loader_batch_sizes(DataLoader(Stream(), batch_size=2)) is None
 
 
 def test_a_dataset_of_pairs_and_a_tuple_output_with_several_budgets():
