@@ -29,7 +29,13 @@ def test_the_quickstart_learns_and_is_robust_well_above_a_constant_prediction(tm
     constant = background_everywhere_miou(cfg)
     trained = train(cfg)
     evaluation = compose_evaluate_config(
-        [f"ckpt_path={trained.last_checkpoint}", "suite=quick"], tmp_path / "eval"
+        [
+            f"ckpt_path={trained.last_checkpoint}",
+            "suite=quick",
+            "masking_checks.images=8",
+            "masking_checks.queries=300",
+        ],
+        tmp_path / "eval",
     )
     report = evaluate(evaluation).reports[0]
     clean, robust = report.row("clean").miou, report.row("worst_case", eps_text="8/255").miou
