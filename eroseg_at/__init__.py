@@ -10,7 +10,13 @@ torch, Hydra and matplotlib, which the evaluation pulls in (measured on the load
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+# albumentations asks PyPI for a newer release when it is imported: a network call on every run, and without
+# network a UserWarning (an error under the test settings). Set here, before any module of the package (the
+# data, the evaluation's transforms) imports it.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.2.0.dev0"
 
