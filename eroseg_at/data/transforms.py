@@ -168,3 +168,12 @@ def build_val_transform(augment: AugmentConfig, pad_divisor: int, ignore_index: 
         )
     )
     return A.Compose(steps)
+
+
+def transform_description(transform: A.BasicTransform) -> dict:
+    """``transform`` as albumentations describes it (every step and argument), for a record or a cache key.
+
+    Here, so that modules above ``data`` need not import albumentations: imported before :mod:`eroseg_at.data`, it
+    would ask PyPI for a newer release (see the package's ``__init__``).
+    """
+    return A.to_dict(transform)

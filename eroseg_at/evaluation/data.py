@@ -12,7 +12,6 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -20,6 +19,7 @@ from eroseg_at.attacks import DatasetFacts
 from eroseg_at.data import SegmentationDataModule
 from eroseg_at.data.class_frequencies import default_cache_dir
 from eroseg_at.data.datamodule import bit_palette
+from eroseg_at.data.transforms import transform_description
 from eroseg_at.evaluation.digests import source_digests, tensor_digests
 from eroseg_at.evaluation.errors import EvaluationError
 
@@ -142,5 +142,5 @@ def from_datamodule(datamodule: SegmentationDataModule) -> EvaluationData:
         batch_sizes=[len(batch) for batch in batches],
         batch_loader=batch_loader,
         image_digests=lambda: source_digests(source, order, digest_dir),
-        transforms=A.to_dict(loader.dataset.transform),
+        transforms=transform_description(loader.dataset.transform),
     )
