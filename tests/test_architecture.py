@@ -33,6 +33,10 @@ LAYERS = {
     "training": BELOW_BOTH | {"signals"},
     "evaluation": BELOW_BOTH | {"models"},
     "cli": {"configs", "errors", "evaluation", "signals", "training"},
+    # Settings that cannot work together are a ConfigError (a UserError).
+    "configs": {"errors"},
+    # The package root names the two calls it exports on first use (evaluate_model, build_attack).
+    "__init__": {"attacks", "evaluation"},
 }
 
 
