@@ -34,9 +34,9 @@ DEMO_DIR := outputs/demo
 demo: $(STAMP) ## A first run in about 3 minutes: EroSeg-AT of an ImageNet-initialised model on part of shapes, then a short robustness report
 	rm -rf $(DEMO_DIR)
 	$(PY) train.py experiment=quickstart hydra.run.dir=$(DEMO_DIR)/train $(ARGS)
-	# The gradient-masking checks on 8 images, Square at 300 queries: a first look at the verdict, not a full check.
+	# The gradient-masking checks on 8 images, Square at 100 queries: a first look at the verdict, not a full check.
 	$(PY) evaluate.py ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt suite=quick masking_checks.images=8 \
-		masking_checks.queries=300 hydra.run.dir=$(DEMO_DIR)/evaluate
+		masking_checks.queries=100 hydra.run.dir=$(DEMO_DIR)/evaluate
 
 test: $(STAMP) ## Run the default test suite (everything not marked slow or gpu)
 	$(PY) -m pytest

@@ -307,7 +307,7 @@ def headline(report: ModelReport) -> str:
     )
     verdict = report.gradient_masking
     if verdict is not None:
-        line += f"; gradient masking: {verdict.summary()}"
+        line += f"; {verdict.summary()}"
     return line + "."
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from eroseg_at.evaluation.masking import CheckResult, MaskingVerdict
 from eroseg_at.evaluation.report import (
     cache_lines,
     headline,
@@ -164,15 +165,18 @@ def test_the_headline_gives_the_worst_case_per_budget_the_suite_and_the_cost():
     )
 
 
-class Verdict:
-    def summary(self) -> str:
-        return "no sign of masking (3 checks passed)"
-
-
 def test_the_headline_quotes_a_gradient_masking_verdict_where_the_report_has_one():
+    passed = CheckResult(
+        "budget", False, {"large_eps_accuracy": 0.01}, "at 64/255 1 % of pixels stay correct"
+    )
+    failed = CheckResult("black_box", True, {"square_miou": 0.1}, "Square reaches 10.00, white box 20.00")
     model = report(*PAPER, worst(0.25))
-    object.__setattr__(model, "gradient_masking", Verdict())
-    assert headline(model).endswith("; gradient masking: no sign of masking (3 checks passed).")
+    object.__setattr__(model, "gradient_masking", MaskingVerdict((passed,), 2.5))
+    assert headline(model).endswith("; gradient masking: no check failed (1 checks, 2.5 s).")
+    object.__setattr__(model, "gradient_masking", MaskingVerdict((passed, failed), 2.5))
+    assert headline(model).endswith(
+        "; gradient masking suspected: black_box: Square reaches 10.00, white box 20.00."
+    )
 
 
 def test_a_collapsed_model_and_one_at_the_level_of_a_constant_prediction_are_warned_about():
