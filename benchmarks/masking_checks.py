@@ -2,8 +2,8 @@
 
 The victim is the small trained shapes model of ``tests/masking_models.py``; the masked models compute its
 function but mask its gradients (input quantisation, saturated logits, a random resize-and-pad). For each model
-this prints the mIoU (%) under the gradient attacks and Square (both objectives), then runs the checks as an evaluation would
-(:func:`run_checks`: the CPU-sized wiring of docs/EVALUATION.md) and prints the verdict and its cost.
+this prints the mIoU (%) under the gradient attacks and Square (both objectives), then evaluates it with SEA's
+suite at 20 iterations per member, the checks on (:func:`masking_verdict`), and prints their verdict and cost.
 
     python benchmarks/masking_checks.py --images 8 --queries 200
 """
@@ -12,23 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from eroseg_at import evaluate_model
 from eroseg_at.attacks import build_attack
-from eroseg_at.attacks.apgd import APGD_LOSSES
-from eroseg_at.evaluation.masking import (
-    MaskingVerdict,
-    black_box_check,
-    budget_check,
-    gradient_health,
-    gradient_health_check,
-    iterations_check,
-    repeatability_check,
-)
-from eroseg_at.evaluation.worst_case import miou, per_image_statistics, select, worst_case
+from eroseg_at.evaluation.masking import MaskingVerdict
+from eroseg_at.evaluation.worst_case import miou, per_image_statistics
 from eroseg_at.predictions import predicted_classes
 
 # The victim and the masked models are test fixtures: the repository root makes tests/ importable.
@@ -39,12 +30,10 @@ from tests.masking_models import (  # noqa: E402
     SaturatedLogits,
     load_victim,
     shapes_batch,
+    victim_evaluation_data,
 )
 
 EPS = 8 / 255
-LARGE_EPS = 64 / 255
-# SEA's losses without the class weights (the test images have no training split to count them on).
-MEMBER_LOSSES = ("mce", "js")
 MODELS = {
     "plain": lambda victim: victim,
     "quantized": QuantizedInput,
@@ -70,42 +59,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def loss_of(name: str):
-    """APGD's per-image loss ``name`` as ``(logits, labels, valid) -> [B]``."""
-    return lambda logits, labels, valid: APGD_LOSSES[name](logits, labels, valid, None, 0, 1)
-
-
-def run_checks(model, images: torch.Tensor, labels: torch.Tensor, queries: int = 200) -> MaskingVerdict:
-    """Every check on ``model``: SEA's masked-CE and JS members (APGD, 20 iterations, 8/255) and their per-image
-    worst case against Square; masked CE at 2/255 and 8/255 for the eps curve and at 64/255 (10 iterations, no
-    random start, as noise of that size alone knocks pixels over) for the large budget; 10 against 20 iterations;
-    the gradients of both losses at the clean images; a second clean pass."""
-    started = time.perf_counter()
-
-    def statistics(attack: str | None = None, **arguments) -> torch.Tensor:
-        x = images if attack is None else build_attack(attack, seed=0, **arguments)(model, images, labels)
-        with torch.no_grad():
-            return per_image_statistics(predicted_classes(model(x)), labels, 7)
-
-    clean = statistics()
-    members = {loss: statistics("apgd", eps=EPS, steps=20, loss=loss) for loss in MEMBER_LOSSES}
-    stacked = torch.stack([clean, *members.values()])
-    white_box = select(stacked, worst_case(stacked).miou_choice)
-    checks = (
-        black_box_check(statistics("square", eps=EPS, queries=queries), white_box),
-        budget_check(
-            clean,
-            {2 / 255: statistics("apgd", eps=2 / 255, steps=20, loss="mce"), EPS: members["mce"]},
-            LARGE_EPS,
-            statistics("apgd", eps=LARGE_EPS, steps=10, loss="mce", random_start=False),
-        ),
-        iterations_check(statistics("apgd", eps=EPS, steps=10, loss="mce"), members["mce"], 10, 20),
-        gradient_health_check(
-            {loss: gradient_health(model, images, labels, EPS, loss_of(loss)) for loss in MEMBER_LOSSES}
-        ),
-        repeatability_check(clean, statistics()),
+def masking_verdict(model, images: int, queries: int, steps: int = 20) -> MaskingVerdict:
+    """The checks' verdict on ``model`` as the evaluation gives it (:func:`~eroseg_at.evaluate_model`, the checks
+    of docs/EVALUATION.md on every image): SEA's suite at 8/255, ``steps`` iterations per member, Square at
+    ``queries`` forward passes per image."""
+    report = evaluate_model(
+        model,
+        victim_evaluation_data(images),
+        suite="sea",
+        eps=EPS,
+        device="cpu",
+        overrides=[
+            f"suite.steps={steps}",
+            f"masking_checks.images={images}",
+            f"masking_checks.queries={queries}",
+            "example_images=0",
+        ],
     )
-    return MaskingVerdict(checks, time.perf_counter() - started)
+    return report.gradient_masking
 
 
 def attacked_miou(
@@ -140,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {name} | " + " | ".join(f"{100 * value:.1f}" for value in row.values()) + " |")
         figures[name] = {"miou": row}
     for name, wrap in MODELS.items():
-        verdict = run_checks(wrap(victim), images, labels, args.queries)
+        verdict = masking_verdict(wrap(victim), args.images, args.queries)
         figures[name]["verdict"] = verdict.to_json()
         print(f"\n{name} ({verdict.seconds:.1f} s): {verdict.summary()}")
         for check in verdict.checks:

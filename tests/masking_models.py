@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eroseg_at.data.shapes import ShapesDataset
+from eroseg_at.evaluation.data import EvaluationData
 
 WEIGHTS = Path(__file__).with_name("masking_victim.pt")
 IMAGE_SIZE = 32
@@ -72,6 +73,26 @@ def shapes_batch(images: int, seed: int = VALIDATION_SEED) -> tuple[Tensor, Tens
     dataset = ShapesDataset(num_images=images, image_size=IMAGE_SIZE, seed=seed)
     samples, labels = zip(*(dataset[index] for index in range(images)), strict=True)
     return torch.stack(samples), torch.stack(labels)
+
+
+def victim_evaluation_data(images: int = 8, batch: int = 4) -> EvaluationData:
+    """The first ``images`` validation images in batches of ``batch``, as an evaluation reads them, with the class
+    frequencies of 64 training images (SEA's class-balanced loss weighs by them)."""
+    samples, labels = shapes_batch(images)
+    batches = [(samples[i : i + batch], labels[i : i + batch]) for i in range(0, images, batch)]
+    train_labels = shapes_batch(64, seed=TRAIN["seed"])[1]
+    return EvaluationData(
+        name=f"shapes{IMAGE_SIZE}",
+        loader=batches,
+        num_classes=ShapesDataset.num_classes,
+        class_names=[f"class {index}" for index in range(ShapesDataset.num_classes)],
+        background_class=0,
+        class_frequencies=lambda: torch.bincount(
+            train_labels[train_labels != 255], minlength=ShapesDataset.num_classes
+        ).float(),
+        batch_sizes=[len(labels) for _, labels in batches],
+        batch_loader=lambda indices: [batches[index] for index in indices],
+    )
 
 
 def load_victim() -> Victim:

@@ -9,11 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-import torch
 
 from eroseg_at.configs import compose_config
 from eroseg_at.evaluation.cache import PassCache
-from eroseg_at.evaluation.data import EvaluationData
 from eroseg_at.evaluation.distributed import start_processes
 from eroseg_at.evaluation.masking import BLACK_BOX, BUDGET, GRADIENT_HEALTH, ITERATIONS, REPEATABILITY
 from eroseg_at.evaluation.models import model_to_evaluate
@@ -22,7 +20,13 @@ from eroseg_at.evaluation.report import results_document, write_json, write_mark
 from eroseg_at.evaluation.results import ModelReport
 from eroseg_at.evaluation.settings import EvaluationSettings
 from eroseg_at.evaluation.suite import Suite
-from tests.masking_models import QuantizedInput, RandomResizePad, SaturatedLogits, load_victim, shapes_batch
+from tests.masking_models import (
+    QuantizedInput,
+    RandomResizePad,
+    SaturatedLogits,
+    load_victim,
+    victim_evaluation_data,
+)
 
 IMAGES, BATCH = 8, 4
 # The cheapest suite with a gradient member: PGD3 at 8/255; the checks on the first batch, Square at 100 queries.
@@ -50,23 +54,6 @@ SEA = (
 WRAPPERS = {"quantized": QuantizedInput, "saturated": SaturatedLogits, "random": RandomResizePad}
 
 
-def shapes_data() -> EvaluationData:
-    """The victim's 32x32 validation images in batches of four, with training-split class frequencies."""
-    images, labels = shapes_batch(IMAGES)
-    batches = [(images[i : i + BATCH], labels[i : i + BATCH]) for i in range(0, IMAGES, BATCH)]
-    train_labels = shapes_batch(64, seed=0)[1]
-    return EvaluationData(
-        name="shapes32",
-        loader=batches,
-        num_classes=7,
-        class_names=[f"class {index}" for index in range(7)],
-        background_class=0,
-        class_frequencies=lambda: torch.bincount(train_labels[train_labels != 255], minlength=7).float(),
-        batch_sizes=[BATCH] * (IMAGES // BATCH),
-        batch_loader=lambda indices: [batches[index] for index in indices],
-    )
-
-
 def evaluate(
     names: Sequence[str], overrides: Sequence[str], cache: Path | None = None
 ) -> dict[str, ModelReport]:
@@ -76,7 +63,7 @@ def evaluate(
     models = {name: victim if name == "plain" else WRAPPERS[name](victim) for name in names}
     reports = evaluate_entries(
         [model_to_evaluate(model) for model in models.values()],
-        [shapes_data() for _ in models],
+        [victim_evaluation_data(IMAGES, BATCH) for _ in models],
         Suite.from_config(cfg.suite, cfg.eps),
         EvaluationSettings.from_config(cfg),
         start_processes(cfg),
