@@ -3,8 +3,9 @@
 Runs ``evaluate(cfg)`` with each suite on the first ``--images`` validation images of a checkpoint's own dataset
 (one batch, no cache, no example grid, W&B off) and prints one table row per suite as soon as it finishes:
 iterations per image as the suite configures them (every member at every budget and every curve point; Square's
-queries counted as iterations), the seconds of all passes per image, and the 1-minute load average before the
-suite started (the machine may be shared). Also prints the dry run's estimate for the same images, to compare.
+queries counted as iterations), the seconds of all passes per image (the gradient-masking checks' included, as
+the estimate includes them), and the 1-minute load average before the suite started (the machine may be shared).
+Also prints the dry run's estimate for the same images, to compare.
 
     PYTHONPATH=. python benchmarks/suite_cost.py --checkpoint CKPT --images 2 --suites quick paper strength sea full
 """
@@ -68,7 +69,8 @@ def main() -> None:
                 result = evaluate(compose_config("evaluate", overrides))
             wall = time.perf_counter() - started
         (report,) = result.reports
-        passes = sum(row.seconds for row in report.rows)
+        masking = 0.0 if report.gradient_masking is None else report.gradient_masking.seconds
+        passes = sum(row.seconds for row in report.rows) + masking
         print(
             f"| {suite} | {attack_iterations(report)} | {report.num_images} | {passes / report.num_images:.1f} "
             f"(run {wall:.0f} s in all) | {estimate.removeprefix('  estimate: ')} for {report.num_images} | "

@@ -787,9 +787,16 @@ def write_results(args, argv, output_dir: Path, runs: list[Run], costs: dict, fi
     command = "make reproduce" + (f' ARGS="{" ".join(shown)}"' if shown else "")
     foreground = [run.foreground for run in runs if run.scores]
     minutes = sum(run.training_minutes + run.validation_minutes for run in runs)
+    standard = [
+        run.training_minutes for run in runs if run.method.key == BASELINE and not run.compute_matched
+    ]
+    standard_minutes = (
+        f"runs took {min(standard):.1f} to {max(standard):.1f} min" if standard else "runs are still to come"
+    )
     text = RESULTS_TEMPLATE.format(
         command=command,
         minutes=minutes,
+        standard_minutes=standard_minutes,
         cpus=os.cpu_count(),
         threads=args.threads,
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -872,7 +879,10 @@ to minimise the dataset mIoU (Croce et al., ECCV 2024), on the {val_images} vali
 by `{cost_command}` on one training batch of this size, in interleaved rounds (median [min, max] over the
 rounds); a run's cost is that times its epochs over the epoch-matched runs' epochs. The wall time of each run's
 training batches (validation, checkpoints and epoch-end callbacks apart, the same callbacks for every method) is
-given beside it, mean ± half-range over the seeds, and as a ratio to standard training's in the same seed.
+given beside it, mean ± half-range over the seeds, and as a ratio to standard training's in the same seed. The
+runs ran in parts, over several sessions, on a machine shared with other jobs whose load changed from run to run
+(standard training's {standard_minutes}): the wall times carry that load as well as the method, which is why the
+verdicts use the per-update ratio.
 
 {costs}
 
