@@ -31,12 +31,14 @@ train-clean: $(STAMP) ## Standard (non-adversarial) training of the default mode
 	$(PY) train.py $(ARGS)
 
 DEMO_DIR := outputs/demo
+# What the demo trains and evaluates with (tests/test_demo.py reads these two lines). The gradient-masking checks on
+# 8 images, Square at 100 queries: a first look at the verdict, not a full check.
+DEMO_TRAIN := experiment=quickstart
+DEMO_EVALUATE := suite=quick masking_checks.images=8 masking_checks.queries=100
 demo: $(STAMP) ## A first run in about 3 minutes: EroSeg-AT of an ImageNet-initialised model on part of shapes, then a short robustness report
 	rm -rf $(DEMO_DIR)
-	$(PY) train.py experiment=quickstart hydra.run.dir=$(DEMO_DIR)/train $(ARGS)
-	# The gradient-masking checks on 8 images, Square at 100 queries: a first look at the verdict, not a full check.
-	$(PY) evaluate.py ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt suite=quick masking_checks.images=8 \
-		masking_checks.queries=100 hydra.run.dir=$(DEMO_DIR)/evaluate
+	$(PY) train.py $(DEMO_TRAIN) hydra.run.dir=$(DEMO_DIR)/train $(ARGS)
+	$(PY) evaluate.py ckpt_path=$(DEMO_DIR)/train/checkpoints/last.ckpt $(DEMO_EVALUATE) hydra.run.dir=$(DEMO_DIR)/evaluate
 
 test: $(STAMP) ## Run the default test suite (everything not marked slow or gpu)
 	$(PY) -m pytest

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +14,12 @@ from eroseg_at.metrics import SegmentationMetrics
 from eroseg_at.training.runner import train
 from tests.conftest import compose_train_config
 from tests.evaluation.conftest import compose_evaluate_config
+
+
+def demo_overrides(variable: str) -> list[str]:
+    """The overrides ``make demo`` passes, as the Makefile's ``variable`` gives them."""
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    return re.search(rf"^{variable} := (.*)$", makefile, re.MULTILINE).group(1).split()
 
 
 def background_everywhere_miou(cfg) -> float:
@@ -25,16 +34,11 @@ def background_everywhere_miou(cfg) -> float:
 
 @pytest.mark.slow
 def test_the_quickstart_learns_and_is_robust_well_above_a_constant_prediction(tmp_path):
-    cfg = compose_train_config(["experiment=quickstart", "logger=none"], output_dir=tmp_path / "train")
+    cfg = compose_train_config([*demo_overrides("DEMO_TRAIN"), "logger=none"], output_dir=tmp_path / "train")
     constant = background_everywhere_miou(cfg)
     trained = train(cfg)
     evaluation = compose_evaluate_config(
-        [
-            f"ckpt_path={trained.last_checkpoint}",
-            "suite=quick",
-            "masking_checks.images=8",
-            "masking_checks.queries=100",
-        ],
+        [f"ckpt_path={trained.last_checkpoint}", *demo_overrides("DEMO_EVALUATE")],
         tmp_path / "eval",
     )
     report = evaluate(evaluation).reports[0]
