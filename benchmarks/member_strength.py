@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import torch
-from sea_strength import Victim, worst
+from sea_strength import Victim, victim_parser, worst
 
 from eroseg_at.evaluation.worst_case import dataset_miou, pixel_accuracy
 
@@ -40,13 +40,7 @@ NEW = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("checkpoint", type=Path, help="a training checkpoint (its validation split is used)")
-    parser.add_argument("--images", type=int, default=32, help="the first N validation images")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--eps", default="8/255")
+    parser = victim_parser(__doc__, images=32, batch=16)
     parser.add_argument("--steps", type=int, default=20, help="gradient evaluations per gradient member")
     parser.add_argument("--queries", type=int, default=1000, help="Square's forward passes per image")
     parser.add_argument("--skip-square", action="store_true", help="run the gradient members only")

@@ -39,14 +39,20 @@ SEA_PROTOCOL = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def victim_parser(description: str, images: int, batch: int) -> argparse.ArgumentParser:
+    """The arguments of a benchmark that attacks a :class:`Victim`: its checkpoint, images, batch and budget."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("checkpoint", type=Path, help="a training checkpoint (its validation split is used)")
-    parser.add_argument("--images", type=int, default=100, help="the first N validation images")
-    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--images", type=int, default=images, help="the first N validation images")
+    parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--eps", default="8/255")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = victim_parser(__doc__, images=100, batch=50)
     parser.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 300])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-weighting", action="store_true")
