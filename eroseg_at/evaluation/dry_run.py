@@ -190,7 +190,9 @@ def estimate_costs(
 
 def plan_text(estimates: list[CostEstimate], suite: Suite) -> str:
     """The plan as ``dry_run=true`` prints it: per model its passes, the iterations per image and the estimate."""
-    lines = [f"dry run of suite {suite.name}: nothing is attacked."]
+    lines = [
+        f"dry run of suite {suite.name}: no pass runs; each attack is timed on a short run of the first batch."
+    ]
     total = 0.0
     for index, estimate in enumerate(estimates, 1):
         lines += [

@@ -45,7 +45,10 @@ def test_a_dry_run_prints_the_plan_and_an_estimate_and_runs_no_pass(tmp_path, mo
     assert result.reports == [] and result.files == {}
     printed = capsys.readouterr().out
     lines = printed.splitlines()
-    assert lines[0] == "dry run of suite quick: nothing is attacked."
+    assert (
+        lines[0]
+        == "dry run of suite quick: no pass runs; each attack is timed on a short run of the first batch."
+    )
     table = lines[lines.index(next(line for line in lines if line.split()[:1] == ["pass"])) + 1 :]
     rows = {tuple(line.split()[:-1]): float(line.split()[-1]) for line in table[:2]}
     # The final prediction, and one PGD step with it, on each of the 4 images, with their timed costs.
