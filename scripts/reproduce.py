@@ -592,45 +592,59 @@ def per_seed_table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+VERDICT_KEYS = (("sea@4/255", "SEA 4/255"), ("sea@8/255", "SEA 8/255"), ("clean", "clean"))
+
+
 def verdict_of(row: Row, reference: Row, costs: dict, epochs: int) -> str:
-    """Whether ``row`` meets the target against ``reference`` (seed means), and where it falls short."""
+    """The table row of ``row`` against the target set by ``reference`` (seed means): each score with its seed
+    spread and its gap, the cost, and whether it meets the target or where it falls short."""
     middle, low, high = run_cost(row.runs[0], costs, epochs)
-    gaps = {key: row.mean(key) - reference.mean(key) for key in ("clean", "sea@4/255", "sea@8/255")}
+    gaps = {key: row.mean(key) - reference.mean(key) for key, _ in VERDICT_KEYS}
     short = [
         f"{title} {gaps[key]:+.1f} points"
-        for key, title in COLUMNS
-        if key in gaps and gaps[key] < -(MAX_CLEAN_GAP if key == "clean" else MAX_GAP)
+        for key, title in VERDICT_KEYS
+        if gaps[key] < -(MAX_CLEAN_GAP if key == "clean" else MAX_GAP)
     ]
     if middle > MAX_COST:
-        short.append(f"cost {middle:.2f}x standard training > {MAX_COST:.1f}x")
-    verdict = "**meets the target**" if not short else "does not meet the target (" + "; ".join(short) + ")"
+        short.append(f"cost {middle:.2f}x > {MAX_COST:.1f}x")
+    verdict = "**meets the target**" if not short else "short: " + "; ".join(short)
     if not short and high > MAX_COST:
         verdict += f" (but the cost's range reaches {high:.2f}x)"
+    run = row.runs[0]
+    view = f"compute-matched, {run.epochs} epochs" if run.compute_matched else "epoch-matched"
+    scores = " | ".join(f"{mean_spread(row.values(key))} ({gaps[key]:+.1f})" for key, _ in VERDICT_KEYS)
     return (
-        f"- {row.label}: SEA worst case {row.mean('sea@4/255'):.1f} / {row.mean('sea@8/255'):.1f} (4/255 / 8/255) "
-        f"against EroSeg3-AT's {reference.mean('sea@4/255'):.1f} / {reference.mean('sea@8/255'):.1f} "
-        f"({gaps['sea@4/255']:+.1f} / {gaps['sea@8/255']:+.1f}), clean {row.mean('clean'):.1f} against "
-        f"{reference.mean('clean'):.1f} ({gaps['clean']:+.1f}), at {middle:.2f}x [{low:.2f}, {high:.2f}] standard "
-        f"training's cost ({len(row.runs)} seed(s)): {verdict}."
+        f"| {row.method.label} | {view} | {len(row.runs)} | {scores} | {middle:.2f}x [{low:.2f}, {high:.2f}] "
+        f"| {verdict} |"
     )
 
 
 def verdicts(epoch_rows: list[Row], matched_rows: list[Row], costs: dict, epochs: int) -> str:
-    """The target applied to every amortised row of both views (seed means, per-update costs)."""
+    """The target applied to every amortised row of both views (seed means, per-update costs), as a table."""
     reference = next((row for row in epoch_rows if row.method.key == REFERENCE), None)
     if reference is None:
-        return "- (EroSeg3-AT was not trained: no comparison.)"
+        return "(EroSeg3-AT was not trained: no comparison.)"
+    middle, low, high = run_cost(reference.runs[0], costs, epochs)
+    titles = " | ".join(f"{title} (gap)" for _, title in VERDICT_KEYS)
     lines = [
-        verdict_of(row, reference, costs, epochs)
-        for row in [*epoch_rows, *matched_rows]
-        if row.method.amortised
+        f"Reference: {reference.label}, epoch-matched, {len(reference.runs)} seed(s): "
+        + ", ".join(f"{title} {mean_spread(reference.values(key))}" for key, title in VERDICT_KEYS)
+        + f", at {middle:.2f}x [{low:.2f}, {high:.2f}] standard training's cost.",
+        "",
+        f"| mode | view | seeds | {titles} | cost / standard | verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+        *(
+            verdict_of(row, reference, costs, epochs)
+            for row in [*epoch_rows, *matched_rows]
+            if row.method.amortised
+        ),
     ]
     standard = next((row for row in epoch_rows if row.method.key == BASELINE), None)
     if standard is not None and standard.mean("clean") < 60:
         lines.insert(
             0,
-            f"- **Standard training reaches only {standard.mean('clean'):.1f} % clean mIoU (< 60 %): the verdicts "
-            "below are computed, but the models have not learned enough for them to mean much.**",
+            f"**Standard training reaches only {standard.mean('clean'):.1f} % clean mIoU (< 60 %): the verdicts "
+            "below are computed, but the models have not learned enough for them to mean much.**\n",
         )
     return "\n".join(lines)
 

@@ -59,21 +59,27 @@ COSTS = {"ratios": {"standard": [1.0, 1.0, 1.0], "eroseg3": [5.0, 5.2, 5.4], "ac
 @pytest.mark.parametrize(
     ("value", "clean", "epochs", "verdict"),
     [
-        (29.2, 59.0, 1, "at 1.90x [1.80, 2.10] standard training's cost (2 seed(s)): **meets the target** (but the "
-         "cost's range reaches 2.10x)"),
-        (28.5, 59.0, 1, "does not meet the target (SEA 4/255 -1.5 points; SEA 8/255 -1.5 points)"),
-        (30.0, 57.5, 1, "does not meet the target (clean -2.5 points)"),
-        (31.0, 60.0, 2, "at 3.80x [3.60, 4.20] standard training's cost (2 seed(s)): does not meet the target "
-         "(cost 3.80x standard training > 2.0x)"),
-    ],
+        (29.2, 59.0, 1, "| 2 | 29.2 ± 0.0 (-0.8) | 29.2 ± 0.0 (-0.8) | 59.0 ± 0.0 (-1.0) | 1.90x [1.80, 2.10] | "
+         "**meets the target** (but the cost's range reaches 2.10x) |"),
+        (28.5, 59.0, 1, "| short: SEA 4/255 -1.5 points; SEA 8/255 -1.5 points |"),
+        (30.0, 57.5, 1, "| short: clean -2.5 points |"),
+        (31.0, 60.0, 2, "| compute-matched, 2 epochs | 2 | 31.0 ± 0.0 (+1.0) | 31.0 ± 0.0 (+1.0) | 60.0 ± 0.0 (+0.0) "
+         "| 3.80x [3.60, 4.20] | short: cost 3.80x > 2.0x |"),
+    ]
 )  # fmt: skip
 def test_verdicts_apply_the_issue_target_to_the_seed_means_and_the_per_update_cost(
     value, clean, epochs, verdict
 ):
     runs = [run_with("eroseg3", s, 30.0, clean=60.0) for s in (0, 1)]
-    runs += [run_with("accumulated", s, value, clean=clean, epochs=epochs) for s in (0, 1)]
-    text = reproduce.verdicts(reproduce.table_rows(runs, False), [], COSTS, epochs=1)
+    amortised = [
+        run_with("accumulated", s, value, clean=clean, epochs=epochs, compute_matched=epochs > 1)
+        for s in (0, 1)
+    ]
+    rows = reproduce.table_rows([*runs, *amortised], False)
+    matched = reproduce.table_rows(amortised, True)
+    text = reproduce.verdicts(rows, matched, COSTS, epochs=1)
     assert verdict in text
+    assert "Reference: EroSeg3-AT (alpha 0.01), epoch-matched, 2 seed(s): SEA 4/255 30.0 ± 0.0" in text
 
 
 def test_verdicts_say_when_standard_training_has_not_learned_enough():
