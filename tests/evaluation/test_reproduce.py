@@ -45,8 +45,13 @@ def test_findings_compare_differences_with_the_seed_spread():
     )
     assert "barely learned" not in supported
     assert "Standard training does **not** reach 60 % clean mIoU: 10.0 ± 0.0." in supported
+    assert (
+        "- PGD3-AT against EroSeg3-AT (alpha 0.01): SEA 8/255 (-5.0) is larger than their summed seed spreads "
+        "(2.0); clean (-5.0) is larger" in supported
+    )
     unsupported = reproduce.findings(rows_for(eroseg=25.0, rival=26.0), foreground=60.0)
     assert "EroSeg3-AT ranks 2 of 3" in unsupported and "(-1.0) is not larger than" in unsupported
+    assert "SEA 8/255 (+1.0) is not larger than their summed seed spreads (2.0)" in unsupported
 
 
 def test_findings_flag_models_that_have_not_learned_the_task():
