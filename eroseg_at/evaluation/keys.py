@@ -78,12 +78,18 @@ class ModelIdentity:
 @dataclass(frozen=True)
 class Execution:
     """How the model runs: autocast precision, ``torch.compile`` and its options, full-resolution inference
-    (padding, sliding window) and the device type."""
+    (padding, sliding window), the device type and, on a CPU, torch's intra-op thread count.
+
+    The thread count splits a CPU kernel's reductions differently, so an attack's sums differ in their last bits
+    and, over its iterations, its scores in the second decimal (the reproduction's standard model: SegPGD-10
+    8.07 % with 2 threads, 8.06 % with 1). Off the CPU the kernels do not use those threads: None.
+    """
 
     precision: str
     compile: Mapping[str, Any]
     inference: Mapping[str, Any]
     device: str
+    threads: int | None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import torch
 from omegaconf import DictConfig
 
 from eroseg_at.attacks.base import Attack
@@ -73,6 +74,7 @@ def pass_keys(
         compile=asdict(settings.compile),
         inference=asdict(settings.inference),
         device=runner.device.type,
+        threads=torch.get_num_threads() if runner.device.type == "cpu" else None,
     )
     labels = {"num_classes": data.num_classes, "ignore_index": data.ignore_index}
     code = code_version()

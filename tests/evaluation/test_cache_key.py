@@ -49,7 +49,7 @@ pytestmark = pytest.mark.filterwarnings(JIT_DEPRECATION)
 BASE = PassKey(
     model=ModelIdentity("weights", {"config": {"name": "unet"}}, ((0.5, 0.5, 0.5), (0.2, 0.2, 0.2)), 16),
     data=DataIdentity("content", {"transform": []}, {"num_classes": 3, "ignore_index": 255}),
-    execution=Execution("32", {"enabled": False}, {"pad_mode": "constant"}, "cpu"),
+    execution=Execution("32", {"enabled": False}, {"pad_mode": "constant"}, "cpu", 2),
     member=PassIdentity(
         "attack", ("pgd3", "8/255"), "eroseg_at.attacks.pgd.PGD", {"alpha": 0.01}, 8 / 255, 3
     ),
@@ -69,6 +69,7 @@ FIELDS = (
     "execution.compile",
     "execution.inference",
     "execution.device",
+    "execution.threads",
     "member.kind",
     "member.stream",
     "member.attack",
@@ -162,6 +163,12 @@ def other_code(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "code_version", lambda: "another version of the code")
 
 
+def another_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The key reads the count torch runs with; the numbers it changes are in the last bits (keys.Execution).
+    count = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: count + 1)
+
+
 def compile_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
     # compile.enabled changes the key; the module itself need not be compiled to show that.
     monkeypatch.setattr(torch, "compile", lambda module, **options: module)
@@ -198,6 +205,7 @@ CHANGES = (
     Change("execution.precision", "torchscript_on_folder", ("precision=bf16",)),
     Change("execution.compile", "torchscript_on_folder", ("compile.enabled=true",), patch=compile_eagerly),
     Change("execution.inference", "torchscript_on_folder", ("inference.pad_mode=replicate",)),
+    Change("execution.threads", "torchscript_on_folder", patch=another_thread_count),
     Change(
         "member.stream",
         "torchscript_on_folder",
@@ -308,24 +316,37 @@ def test_images_replaced_in_place_under_their_names_are_recomputed(tmp_path, com
 
 
 # ------------------------------------- the fields no setting of a CPU run reaches: filled from what they name
-def test_the_device_type_the_passes_run_on_is_in_their_keys(tmp_path):
-    # A CUDA run computes other numbers than a CPU run (its kernels differ): its passes must not serve a CPU rerun.
-    images = torch.rand(4, 3, 8, 8)
+def clean_pass_key(directory: Path, device: str, threads: int) -> PassKey:
+    """The key of a clean pass over two toy batches, on ``device``, keyed with torch at ``threads`` threads."""
+    images = torch.linspace(0, 1, 4 * 3 * 8 * 8).reshape(4, 3, 8, 8)
     batches = [(part, torch.zeros(2, 8, 8, dtype=torch.int64)) for part in images.split(2)]
     data = EvaluationData(
         "toy", batches, 2, ("a", "b"), batch_sizes=[2, 2], batch_loader=lambda i: [batches[j] for j in i]
     )
     identity = ModelIdentity("weights", {"class": "toy"}, None, 1)
-
-    def keys_on(device: str) -> PassKey:
-        runner = PassRunner(EvaluationSettings(), single_process(torch.device(device)), PassCache(tmp_path))
+    runner = PassRunner(EvaluationSettings(), single_process(torch.device(device)), PassCache(directory))
+    count = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
         (key,) = pipeline.pass_keys(runner, data, identity, [CleanPass(2, 255)])
-        return key
+    finally:
+        torch.set_num_threads(count)
+    return key
 
-    on_cpu, on_cuda = keys_on("cpu"), keys_on("cuda")
+
+def test_the_device_type_the_passes_run_on_is_in_their_keys(tmp_path):
+    # A CUDA run computes other numbers than a CPU run (its kernels differ): its passes must not serve a CPU rerun.
+    on_cpu, on_cuda = clean_pass_key(tmp_path, "cpu", 1), clean_pass_key(tmp_path, "cuda", 1)
     assert (on_cpu.execution.device, on_cuda.execution.device) == ("cpu", "cuda")
     assert on_cpu.digest != on_cuda.digest
     assert dataclasses.replace(on_cuda, execution=on_cpu.execution) == on_cpu
+
+
+def test_the_thread_count_is_in_the_keys_of_cpu_passes_only(tmp_path):
+    cpu = [clean_pass_key(tmp_path, "cpu", threads).execution for threads in (1, 2)]
+    cuda = [clean_pass_key(tmp_path, "cuda", threads).execution for threads in (1, 2)]
+    assert [execution.threads for execution in cpu] == [1, 2]
+    assert cuda[0] == cuda[1] and cuda[0].threads is None
 
 
 def test_an_attack_pass_is_keyed_by_its_kind_its_stream_and_the_attack_as_built():
