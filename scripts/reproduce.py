@@ -598,7 +598,8 @@ VERDICT_KEYS = (("sea@4/255", "SEA 4/255"), ("sea@8/255", "SEA 8/255"), ("clean"
 def verdict_of(row: Row, reference: Row, costs: dict, epochs: int) -> str:
     """The table row of ``row`` against the target set by ``reference`` (seed means): each score with its seed
     spread and its gap, the cost, and whether it meets the target or where it falls short."""
-    middle, low, high = run_cost(row.runs[0], costs, epochs)
+    run = row.runs[0]
+    middle, low, high = run_cost(run, costs, epochs)
     gaps = {key: row.mean(key) - reference.mean(key) for key, _ in VERDICT_KEYS}
     short = [
         f"{title} {gaps[key]:+.1f} points"
@@ -610,7 +611,6 @@ def verdict_of(row: Row, reference: Row, costs: dict, epochs: int) -> str:
     verdict = "**meets the target**" if not short else "short: " + "; ".join(short)
     if not short and high > MAX_COST:
         verdict += f" (but the cost's range reaches {high:.2f}x)"
-    run = row.runs[0]
     view = f"compute-matched, {run.epochs} epochs" if run.compute_matched else "epoch-matched"
     scores = " | ".join(f"{mean_spread(row.values(key))} ({gaps[key]:+.1f})" for key, _ in VERDICT_KEYS)
     return (
